@@ -1,0 +1,48 @@
+# minigriffin: every target bootstraps a local virtual environment (.venv) when it is missing and installs
+# what it needs, so `make test` and `make demo` work on a fresh machine with nothing else done first.
+# Needs Python >= 3.11 (recurrentgemma, the test oracle, requires it). Override with `make PYTHON=python3.12`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: test demo doctor bench install clean help
+
+help:
+	@echo "make test    install the package with its test and oracle extras into $(VENV), run pytest"
+	@echo "make demo    install the package into $(VENV) and run the demo (scan backends and their speed)"
+	@echo "make doctor  print versions, Numba threading and GPU availability"
+	@echo "make bench   run benchmarks/bench_scan.py"
+	@echo "make clean   remove $(VENV) and caches"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minigriffin needs Python >= 3.11, found " + sys.version.split()[0] + ": run make PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record what is installed; they are redone when pyproject.toml changes.
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[test,oracle]"
+	@touch $@ $(VENV)/.installed-base
+
+install: $(VENV)/.installed-base
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed-base
+	$(BIN)/minigriffin demo
+
+doctor: $(VENV)/.installed-base
+	$(BIN)/minigriffin doctor
+
+bench: $(VENV)/.installed-base
+	$(BIN)/python benchmarks/bench_scan.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

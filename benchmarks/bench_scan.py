@@ -1,0 +1,107 @@
+"""Benchmark the linear-scan backends against the memory floor measured in the same run.
+
+    python benchmarks/bench_scan.py                 # the two shapes of record, float32
+    python benchmarks/bench_scan.py --shapes 2x256x64 --repeats 3
+
+The floor is one `np.multiply(a, x, out=h)` pass over the same (B, T, D) arrays: it reads two arrays and
+writes one, exactly the traffic a perfect forward scan needs. Like the floor, the scans write into
+preallocated buffers (`out=`); the last column repeats forward + backward letting every call allocate its
+outputs, which on Linux pages in fresh memory for arrays over glibc's 32 MiB mmap threshold. Every time is the best of --repeats runs
+(this machine is shared and noisy; the minimum is the least disturbed run), after a warm-up call that
+also triggers Numba's compilation. Ratios are within one run, so they travel between machines far better
+than seconds do. Targets (issue 2): numba forward <= 1.2x floor, forward + backward <= 2.5x floor.
+Results are recorded in docs/benchmarks.md. This is a benchmark, not a test: nothing here asserts.
+"""
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+from minigriffin.scan import available_backends, linear_scan, linear_scan_backward
+
+TARGETS = {"numba": {"fwd": 1.2, "fwd+bwd": 2.5}}
+
+
+def best_time(fn, repeats):
+    """Minimum wall time of fn() over `repeats` calls (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine_description():
+    import numba
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+    return (f"{cpu}; {os.cpu_count()} logical CPUs; numba {numba.__version__} with {numba.get_num_threads()} "
+            f"threads; numpy {np.__version__}; Python {platform.python_version()}; {platform.system()}")
+
+
+def bench_shape(shape, backends, repeats, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)        # (B, T, D)
+    a = rng.uniform(0.9, 1.0, shape).astype(dtype)      # (B, T, D) RG-LRU-like long memory
+    dh = rng.standard_normal(shape).astype(dtype)       # (B, T, D)
+    h_out, dx_out, da_out = np.empty_like(x), np.empty_like(x), np.empty_like(x)   # reused, like the floor's
+    floor = best_time(lambda: np.multiply(a, x, out=h_out), repeats)
+    rows = {}
+    for name in backends:
+        def fwd():
+            return linear_scan(x, a, backend=name, out=h_out)
+
+        def fwd_bwd():
+            h, _ = linear_scan(x, a, backend=name, out=h_out)
+            return linear_scan_backward(dh, None, a, h, backend=name, out=(dx_out, da_out))
+
+        def fwd_bwd_allocating():
+            h, _ = linear_scan(x, a, backend=name)
+            return linear_scan_backward(dh, None, a, h, backend=name)
+
+        fwd_bwd()  # warm-up (and JIT compilation) outside the timed region
+        rows[name] = {"fwd": best_time(fwd, repeats), "fwd+bwd": best_time(fwd_bwd, repeats),
+                      "alloc": best_time(fwd_bwd_allocating, repeats)}
+    return floor, rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="8x2048x512,1x16384x256", help="comma-separated BxTxD (default: %(default)s)")
+    parser.add_argument("--backends", default=",".join(available_backends()), help="default: %(default)s")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    backends = args.backends.split(",")
+    print(f"machine: {machine_description()}")
+    print("dtype float32; times are the best of", args.repeats, "runs\n")
+    print("| shape (B, T, D) | backend | fwd ms | fwd / floor | fwd+bwd ms | fwd+bwd / floor "
+          "| speed-up vs reference (fwd, fwd+bwd) | fwd+bwd allocating / floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for spec in args.shapes.split(","):
+        shape = tuple(int(n) for n in spec.lower().split("x"))
+        floor, rows = bench_shape(shape, backends, args.repeats)
+        print(f"| {shape} | floor: np.multiply(a, x, out=h) | {floor * 1e3:.2f} | 1.00 | | | | |")
+        ref = rows.get("reference")
+        for name, r in rows.items():
+            speedup = (f"{ref['fwd'] / r['fwd']:.1f}x, {ref['fwd+bwd'] / r['fwd+bwd']:.1f}x" if ref else "n/a")
+            print(f"| {shape} | {name} | {r['fwd'] * 1e3:.2f} | {r['fwd'] / floor:.2f} | {r['fwd+bwd'] * 1e3:.2f} "
+                  f"| {r['fwd+bwd'] / floor:.2f} | {speedup} | {r['alloc'] / floor:.2f} |")
+            for kind, target in TARGETS.get(name, {}).items():
+                ratio = r[kind] / floor
+                verdicts.append(f"{name} {kind} at {shape}: {ratio:.2f}x floor (target <= {target}x): "
+                                f"{'met' if ratio <= target else 'MISSED'}")
+    print()
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Every available scan backend equals the NumPy reference, forward and backward (Hypothesis).
+
+Tolerances: tests/strategies.py RTOL, relative to each element's error scale (the same computation on
+absolute values): float64 1e-12, float32 2e-5.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minigriffin.scan import available_backends, linear_scan, linear_scan_backward
+from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
+
+BACKENDS = [name for name in available_backends() if name != "reference"]
+
+
+def test_cpu_backends_are_available():
+    """numba is a core dependency, so a normal install must offer it; a missing one is a broken install."""
+    assert {"reference", "blelloch", "numba"} <= set(available_backends())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=scan_cases())
+def test_forward_equals_reference(backend, case):
+    h_ref, last_ref = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend="reference")
+    h, last = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=backend)
+    assert h.dtype == case.x.dtype and h.shape == case.x.shape and last.shape == (case.x.shape[0], case.x.shape[2])
+    scale, last_scale = forward_error_scale(case)
+    rtol = RTOL[case.x.dtype]
+    assert_within(h, h_ref, scale, rtol, f"{backend} h ({case.x.dtype})")
+    assert_within(last, last_ref, last_scale, rtol, f"{backend} h_last ({case.x.dtype})")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=scan_cases(), with_dh_last=st.booleans())
+def test_backward_equals_reference(backend, case, with_dh_last):
+    rng = np.random.default_rng(case.x.size)
+    dh = rng.standard_normal(case.x.shape).astype(case.x.dtype)                       # (B, T, D)
+    dh_last = rng.standard_normal(case.x[:, 0].shape).astype(case.x.dtype) if with_dh_last else None
+    h_ref, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend="reference")
+    ref = linear_scan_backward(dh, dh_last, case.a, h_ref, case.h0, reverse=case.reverse, backend="reference")
+    h, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=backend)
+    got = linear_scan_backward(dh, dh_last, case.a, h, case.h0, reverse=case.reverse, backend=backend)
+    scales = backward_error_scales(case, dh, dh_last)
+    rtol = RTOL[case.x.dtype]
+    for name, g, r, s in zip(("dx", "da", "dh0"), got, ref, scales):
+        if r is None:
+            assert g is None, f"{backend} returned {name} although h0 was None"
+            continue
+        # da = g * h_prev mixes two rounded quantities, so its bound is the sum of both relative bounds.
+        assert_within(g, r, s, 2 * rtol if name == "da" else rtol, f"{backend} {name} ({case.x.dtype})")
