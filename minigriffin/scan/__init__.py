@@ -9,7 +9,8 @@ h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but 
 
 Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily through
 `_REGISTRY`; the backward is written once, here, on top of that primitive, so every backend gets its
-backward for free. See docs/scan.md for the derivation and notebooks for the walk-through.
+backward for free. A backend may also export `multiply(p, q, out)` for the backward's one elementwise
+product (numba does, because NumPy's runs on one thread); otherwise the array library's is used. See docs/scan.md for the derivation and notebooks for the walk-through.
 """
 
 import importlib
@@ -194,10 +195,11 @@ def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="
     _raise_if_not_finite(g[:, start], (("dh", dh), ("dh_last", dh_last), ("a", a)))
     da = _output_buffer(da_out, dh, (dh, a, h, g), "out[1] (da)")   # (B, T, D)
     # forward was h_t = a_t * h_prev + x_t  ->  da_t = g_t * h_prev, dh_prev += a_t * g_t
-    if reverse:
-        xp.multiply(g[:, :-1], h[:, 1:], out=da[:, :-1])   # h_prev of step t is h_{t+1}
-    else:
-        xp.multiply(g[:, 1:], h[:, :-1], out=da[:, 1:])    # h_prev of step t is h_{t-1}
+    multiply = getattr(impl, "multiply", None) or (lambda p, q, out: xp.multiply(p, q, out=out))
+    if T > 1 and reverse:
+        multiply(g[:, :-1], h[:, 1:], da[:, :-1])          # h_prev of step t is h_{t+1}
+    elif T > 1:
+        multiply(g[:, 1:], h[:, :-1], da[:, 1:])           # h_prev of step t is h_{t-1}
     if h0 is None:
         da[:, start] = 0
         dh0 = None

@@ -74,6 +74,21 @@ def _scan_kernel(x, a, h0, out, n_steps, reverse, block, tile):  # pragma: no co
                 t_end = t_start
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _multiply_kernel(p, q, out, n_steps):  # pragma: no cover - compiled by Numba
+    """out[b, t] = p[b, t] * q[b, t] for t < n_steps, in parallel over (b, t). All C-contiguous (B, >=n_steps, D)."""
+    B = p.shape[0]
+    D = p.shape[2]
+    for job in prange(B * n_steps):
+        b = job // n_steps
+        t = job % n_steps
+        p_row = p[b, t]
+        q_row = q[b, t]
+        out_row = out[b, t]
+        for j in range(D):
+            out_row[j] = p_row[j] * q_row[j]
+
+
 def _block_size(B, D, itemsize):
     """Channels per parallel job (see the module docstring for why blocks are long)."""
     threads = numba.get_num_threads()
@@ -111,4 +126,10 @@ def scan(x, a, h0, reverse, out):
     tile = max(4, TILE_BYTES // (block * x.itemsize))       # rows per reverse tile
     _scan_kernel(_as_c_rows(x, "x"), _as_c_rows(a, "a"), np.ascontiguousarray(h0), _as_c_rows(out, "out"),
                  T, bool(reverse), block, tile)
+    return out
+
+
+def multiply(p, q, out):
+    """out = p * q for (B, T, D) time slices, multithreaded (the backward's da = g * h_prev; NumPy's is serial)."""
+    _multiply_kernel(_as_c_rows(p, "p"), _as_c_rows(q, "q"), _as_c_rows(out, "out"), p.shape[1])
     return out
