@@ -13,6 +13,9 @@ from strategies import RTOL, ScanCase, assert_within, forward_error_scale, scan_
 
 BACKENDS = available_backends()
 f64_cases = scan_cases(dtypes=(np.float64,))
+# Linear-combination weights; magnitudes below 1e-100 would push products into subnormals, where float64
+# loses relative precision and no relative tolerance can hold (Hypothesis found 5e-324).
+coefficients = st.floats(-3, 3).filter(lambda v: v == 0 or abs(v) > 1e-100)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -35,7 +38,7 @@ def test_chunking(backend, case, split):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(case=f64_cases, alpha=st.floats(-3, 3), beta=st.floats(-3, 3))
+@given(case=f64_cases, alpha=coefficients, beta=coefficients)
 def test_linearity_in_x(backend, case, alpha, beta):
     """scan(alpha x1 + beta x2) == alpha scan(x1) + beta scan(x2) for fixed a, h0 = 0 (float64, 1e-12)."""
     x1, a, _, reverse = case

@@ -1,0 +1,64 @@
+"""Causal depthwise Conv1D with a document mask (Griffin §2.4, Figure 2(c); recurrentgemma layers.Conv1D).
+
+    conv[t] = b + sum_{s=0..K-1} w[K-1-s] * x[t-s] * keep(t, s)
+
+w[K-1] multiplies the current input and w[0] the input K-1 steps back. keep(t, s) is 1 when t-s >= 0 and no
+document starts in (t-s, t] (segment_pos == 0 marks a start), so no tap ever crosses a document boundary;
+inputs before the start of the sequence count as zero. K = 4 in Griffin.
+"""
+
+from typing import NamedTuple
+
+from minigriffin.xp import array_namespace
+
+
+def document_ids(segment_pos):
+    """(B, T) int: which document of the row each position belongs to (a new one starts at segment_pos == 0)."""
+    xp = array_namespace(segment_pos)
+    return xp.cumsum(segment_pos == 0, axis=1)
+
+
+class Conv1DCache(NamedTuple):
+    x: object          # (B, T, E) input
+    w: object          # (K, E)
+    keep: object       # (K, B, T) float: keep[s, b, t] = tap s back from t is inside the document
+
+
+def _tap_masks(segment_pos, K, dtype):
+    """keep[s, b, t] = 1.0 if t - s >= 0 and positions t-s and t are in the same document, else 0.0."""
+    xp = array_namespace(segment_pos)
+    doc = document_ids(segment_pos)                        # (B, T)
+    B, T = doc.shape
+    keep = xp.zeros((K, B, T), dtype=dtype)                # (K, B, T)
+    for s in range(min(K, T)):
+        keep[s, :, s:] = doc[:, s:] == doc[:, : T - s]
+    return keep
+
+
+def conv1d_forward(x, p, segment_pos):
+    """x: (B, T, E); p: {"w": (K, E), "b": (E,)}; segment_pos: (B, T) -> (B, T, E)."""
+    xp = array_namespace(x)
+    K = p["w"].shape[0]
+    T = x.shape[1]
+    keep = _tap_masks(segment_pos, K, x.dtype)             # (K, B, T)
+    out = xp.broadcast_to(p["b"], x.shape).copy()          # (B, T, E)
+    for s in range(min(K, T)):
+        # out[:, t] += w[K-1-s] * x[:, t-s] * keep[s, :, t]   for t >= s
+        out[:, s:] += p["w"][K - 1 - s] * (x[:, : T - s] * keep[s, :, s:, None])
+    return out, Conv1DCache(x, p["w"], keep)
+
+
+def conv1d_backward(dout, cache):
+    """dout: (B, T, E) -> dx: (B, T, E), grads {"w": (K, E), "b": (E,)}."""
+    xp = array_namespace(dout)
+    x, w, keep = cache
+    K, E = w.shape
+    T = x.shape[1]
+    dx = xp.zeros_like(x)                                  # (B, T, E)
+    dw = xp.zeros_like(w)                                  # (K, E)
+    for s in range(min(K, T)):
+        masked_dout = dout[:, s:] * keep[s, :, s:, None]   # (B, T-s, E)
+        # forward was out[:, s:] += w[K-1-s] * x[:, :T-s] * keep
+        dx[:, : T - s] += masked_dout * w[K - 1 - s]
+        dw[K - 1 - s] = (masked_dout * x[:, : T - s]).reshape(-1, E).sum(axis=0)
+    return dx, {"w": dw, "b": dout.reshape(-1, E).sum(axis=0)}
