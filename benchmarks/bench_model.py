@@ -1,0 +1,123 @@
+"""Forward + backward throughput of minigriffin against recurrentgemma's PyTorch model on the same config.
+
+    python benchmarks/bench_model.py                   # the config of record (below), 2 threads
+    python benchmarks/bench_model.py --batch 2 --seq 128 --repeats 2     # a quick look
+
+Config of record (issue 3): vocab 256, width 256, 6 blocks, 4 heads, MLP 768, sequence 512, batch 8, float32,
+2 threads; Hawk, Griffin (window 128) and the MQA baseline (global: window = sequence). Both sides run the
+same thing: forward, mean cross-entropy, backward to every parameter. recurrentgemma is built with
+gradient_checkpointing=False (its default recomputes activations). Times are the best of --repeats after a
+warm-up. Also printed: the share of this machine's sgemm FLOP/s (one big float32 matmul, measured in the
+same run) that minigriffin reaches, counting matmul FLOPs only (6 x parameters in matmuls x tokens, plus the
+attention scores). Target: minigriffin >= 2x recurrentgemma for Hawk and Griffin. Record in docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+
+def best_time(fn, repeats):
+    fn()                                                   # warm-up (Numba compiles, torch allocates)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sgemm_flops(n=1024, repeats=5):
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    seconds = best_time(lambda: a @ a, repeats)
+    return 2 * n**3 / seconds
+
+
+def matmul_flops(cfg, batch, seq):
+    """Forward + backward matmul FLOPs of one step (backward = 2x forward)."""
+    D, E, F, V = cfg.width, cfg.lru_width, cfg.mlp_expanded_width, cfg.vocab_size
+    tokens = batch * seq
+    per_token = V * D                                      # tied head
+    for kind in cfg.block_types:
+        per_token += 3 * D * F                             # ffw_up (2 branches) + ffw_down
+        if kind == "recurrent":
+            per_token += 3 * D * E + 2 * E * E // cfg.gate_blocks
+        else:
+            per_token += 2 * D * D + 2 * cfg.head_dim * D
+            keys = min(seq, cfg.attention_window_size + 1)
+            per_token += 2 * cfg.num_heads * keys * cfg.head_dim   # q.k and p.v
+    return 6 * per_token * tokens
+
+
+def minigriffin_step(cfg, params, tokens, segment_pos, targets):
+    from minigriffin.head import cross_entropy_backward, cross_entropy_forward
+    from minigriffin.model import model_backward, model_forward
+
+    def step():
+        logits, cache = model_forward(params, tokens, segment_pos, cfg)
+        _, ce_cache = cross_entropy_forward(logits, targets)
+        return model_backward(cross_entropy_backward(1.0, ce_cache), cache)
+    return step
+
+
+def recurrentgemma_step(cfg, params, tokens, segment_pos, targets, threads):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    import torch
+    from oracle_utils import torch_griffin
+    torch.set_num_threads(threads)
+    model = torch_griffin(cfg, params)
+    t_tokens, t_pos = torch.from_numpy(tokens), torch.from_numpy(segment_pos)
+    t_targets = torch.from_numpy(targets)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits, _ = model(t_tokens, t_pos, return_cache=False)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), t_targets.reshape(-1))
+        loss.backward()
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-oracle", action="store_true", help="time minigriffin only")
+    args = parser.parse_args(argv)
+
+    import numba
+    from minigriffin.config import GriffinConfig, block_pattern
+    from minigriffin.params import init_params
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+
+    peak = sgemm_flops()
+    print(f"machine: {os.cpu_count()} CPUs; numpy {np.__version__}; sgemm (1024^3, float32) {peak / 1e9:.1f} GFLOP/s")
+    print(f"config: vocab 256, width 256, 6 blocks, 4 heads, MLP 768, seq {args.seq}, batch {args.batch}, "
+          f"float32, {args.threads} threads; best of {args.repeats}\n")
+    print("| model | minigriffin tokens/s | recurrentgemma tokens/s | ratio | minigriffin share of sgemm FLOP/s |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 256, (args.batch, args.seq))
+    targets = rng.integers(0, 256, (args.batch, args.seq))
+    segment_pos = np.tile(np.arange(args.seq), (args.batch, 1))
+    n_tokens = args.batch * args.seq
+    for family, window in (("hawk", 128), ("griffin", 128), ("mqa", args.seq)):
+        cfg = GriffinConfig(vocab_size=256, width=256, mlp_expanded_width=768, num_heads=4, lru_width=256,
+                            block_types=block_pattern(family, 6), attention_window_size=window)
+        params = init_params(cfg, np.random.default_rng(1))
+        ours = best_time(minigriffin_step(cfg, params, tokens, segment_pos, targets), args.repeats)
+        share = matmul_flops(cfg, args.batch, args.seq) / ours / peak
+        if args.skip_oracle:
+            print(f"| {family} | {n_tokens / ours:,.0f} | - | - | {share:.0%} |")
+            continue
+        theirs = best_time(recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads),
+                           args.repeats)
+        print(f"| {family} | {n_tokens / ours:,.0f} | {n_tokens / theirs:,.0f} | {theirs / ours:.2f}x | {share:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

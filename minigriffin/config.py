@@ -1,0 +1,157 @@
+"""Model configuration: one frozen dataclass, named presets, and overrides that reject unknown keys.
+
+Presets are named "<family>-<size>": family hawk (all recurrent blocks), griffin (recurrent, recurrent,
+attention, repeating) or mqa (the global multi-query attention Transformer baseline), and size
+tiny (tests), small (laptop training, ~5M parameters) or one of the paper's Table 2 rows
+(100m, 200m, 400m, 1b, 3b, 7b, 14b; D_RNN ~ 4D/3, heads = D / 128, MLP expansion 3).
+
+    cfg = make_config("griffin-small", attention_window_size=64)
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+
+RECURRENT, ATTENTION = "recurrent", "attention"
+FAMILIES = ("hawk", "griffin", "mqa")
+
+
+def block_pattern(family, depth):
+    """Temporal-block types for a family: Griffin R,R,A repeating; Hawk all R; MQA all A."""
+    if family == "hawk":
+        return (RECURRENT,) * depth
+    if family == "griffin":
+        return tuple((RECURRENT, RECURRENT, ATTENTION)[i % 3] for i in range(depth))
+    if family == "mqa":
+        return (ATTENTION,) * depth
+    raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+
+
+@dataclass(frozen=True)
+class GriffinConfig:
+    """Hyperparameters of a Hawk / Griffin / MQA model (names follow recurrentgemma's GriffinConfig)."""
+    vocab_size: int = 256
+    width: int = 32                              # D
+    mlp_expanded_width: int = 96                 # F = 3 D
+    num_heads: int = 2                           # H: attention heads
+    block_types: tuple = (RECURRENT, RECURRENT, ATTENTION)
+    lru_width: int = 32                          # E = D_RNN
+    attention_window_size: int = 8               # W: each query sees itself and W earlier keys
+    embeddings_scale_by_sqrt_dim: bool = False   # multiply embeddings by bf16(sqrt(D)) (RecurrentGemma: True)
+    logits_soft_cap: float = 0.0                 # c * tanh(logits / c); 0 = off (RecurrentGemma: 30)
+    conv1d_temporal_width: int = 4
+    num_gate_blocks: typing.Optional[int] = None  # RG-LRU gate blocks; None = num_heads (recurrentgemma), paper: 16
+    scan_backend: str = "auto"                   # see minigriffin.scan.available_backends()
+    dtype: str = "float32"                       # "float32" (default) or "float64" (for checks)
+
+    def __post_init__(self):
+        _check_types(self)
+        if self.width % self.num_heads:
+            raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
+        if self.lru_width % self.gate_blocks:
+            raise ValueError(f"lru_width={self.lru_width} must be divisible by the number of RG-LRU gate blocks "
+                             f"({self.gate_blocks}: num_gate_blocks, or num_heads when that is None)")
+        if ATTENTION in self.block_types and self.head_dim % 4:
+            raise ValueError(f"head dim width/num_heads={self.head_dim} must be a multiple of 4 "
+                             f"(RoPE rotates pairs within the first half of each head)")
+        bad = [t for t in self.block_types if t not in (RECURRENT, ATTENTION)]
+        if bad or not self.block_types:
+            raise ValueError(f"block_types must be a non-empty tuple of {RECURRENT!r}/{ATTENTION!r}, got {bad}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        for name in ("vocab_size", "width", "mlp_expanded_width", "num_heads", "lru_width",
+                     "conv1d_temporal_width", "gate_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attention_window_size < 0 or self.logits_soft_cap < 0:
+            raise ValueError("attention_window_size and logits_soft_cap must be >= 0")
+
+    @property
+    def gate_blocks(self):
+        return self.num_heads if self.num_gate_blocks is None else self.num_gate_blocks
+
+    @property
+    def head_dim(self):
+        return self.width // self.num_heads
+
+    @property
+    def num_layers(self):
+        return len(self.block_types)
+
+
+def _check_types(cfg):
+    """Reject wrong types with a message naming the field (bool is not accepted as int, int is as float)."""
+    hints = typing.get_type_hints(GriffinConfig)
+    for field in dataclasses.fields(cfg):
+        value, expected = getattr(cfg, field.name), hints[field.name]
+        if typing.get_origin(expected) is typing.Union:          # Optional[X]
+            if value is None:
+                continue
+            expected = next(t for t in typing.get_args(expected) if t is not type(None))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(cfg, field.name, float(value))
+            continue
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is tuple and isinstance(value, list):
+            object.__setattr__(cfg, field.name, tuple(value))
+            ok = True
+        if not ok:
+            raise TypeError(f"config field {field.name!r} must be {getattr(expected, '__name__', expected)}, "
+                            f"got {type(value).__name__} {value!r}")
+
+
+def _preset(family, width, depth, heads, lru_width, mlp, window, **extra):
+    return GriffinConfig(width=width, mlp_expanded_width=mlp, num_heads=heads, lru_width=lru_width,
+                         block_types=block_pattern(family, depth), attention_window_size=window, **extra)
+
+
+# Paper Table 2: (D, D_RNN, depth, heads). The paper's local window is 1024; vocab is ours (bytes).
+_PAPER_SIZES = {"100m": (768, 1024, 12, 6), "200m": (1024, 1536, 12, 8), "400m": (1536, 2048, 12, 12),
+                "1b": (2048, 2560, 24, 16), "3b": (3072, 4096, 24, 24), "7b": (4096, 5632, 32, 32),
+                "14b": (5120, 8192, 40, 40)}
+
+
+def _build_presets():
+    presets = {}
+    for family in FAMILIES:
+        # tiny: for tests (window 4 so that packed test sequences have W < T); small: laptop training.
+        presets[f"{family}-tiny"] = _preset(family, 16, 3, 2, 16, 48, 4)
+        presets[f"{family}-small"] = _preset(family, 256, 6, 4, 256, 768, 128)
+        for size, (D, E, depth, heads) in _PAPER_SIZES.items():
+            # The MQA baseline uses global attention: a window no shorter than any training sequence.
+            window = 1024 if family == "griffin" else 2048
+            # The paper uses 16 gate blocks in all its experiments (§4.1); recurrentgemma uses num_heads.
+            presets[f"{family}-{size}"] = _preset(family, D, depth, heads, E, 3 * D, window, num_gate_blocks=16)
+    return types.MappingProxyType(presets)
+
+
+PRESETS = _build_presets()
+
+
+def make_config(preset, **overrides):
+    """A preset with some fields replaced; unknown fields and wrong types raise with a clear message."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[preset], **overrides)
+
+
+def replace(cfg, **overrides):
+    """dataclasses.replace that names unknown keys and lists the valid ones."""
+    valid = [f.name for f in dataclasses.fields(GriffinConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise KeyError(f"unknown config key(s) {unknown}; valid keys are {valid}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def config_to_dict(cfg):
+    """Plain JSON-able dict of a config."""
+    d = dataclasses.asdict(cfg)
+    d["block_types"] = list(cfg.block_types)
+    return d
+
+
+def config_from_dict(d):
+    """Inverse of config_to_dict; unknown keys and wrong types raise."""
+    return replace(GriffinConfig(), **dict(d))
