@@ -7,7 +7,9 @@ Config of record (issue 3): vocab 256, width 256, 6 blocks, 4 heads, MLP 768, se
 2 threads; Hawk, Griffin (window 128) and the MQA baseline (global: window = sequence). Both sides run the
 same thing: forward, mean cross-entropy, backward to every parameter. recurrentgemma is built with
 gradient_checkpointing=False (its default recomputes activations). Times are the best of --repeats after a
-warm-up. Also printed: the share of this machine's sgemm FLOP/s (one big float32 matmul, measured in the
+warm-up. Each measurement runs in its own child process, one after another: Numba's, OpenBLAS's and torch's
+thread pools each spin-wait after their work, and sharing one process made both sides look several times
+slower than they are. Also printed: the share of this machine's sgemm FLOP/s (one big float32 matmul, measured in the
 same run) that minigriffin reaches, counting matmul FLOPs only (6 x parameters in matmuls x tokens, plus the
 attention scores). Target: minigriffin >= 2x recurrentgemma for Hawk and Griffin. Record in docs/benchmarks.md.
 """
@@ -80,6 +82,42 @@ def recurrentgemma_step(cfg, params, tokens, segment_pos, targets, threads):
     return step
 
 
+def _config(family, seq):
+    from minigriffin.config import GriffinConfig, block_pattern
+    window = seq if family == "mqa" else 128
+    return GriffinConfig(vocab_size=256, width=256, mlp_expanded_width=768, num_heads=4, lru_width=256,
+                         block_types=block_pattern(family, 6), attention_window_size=window)
+
+
+def _measure(args):
+    """Child process: time one implementation on one family; print the seconds per step."""
+    from minigriffin.params import init_params
+    cfg = _config(args.family, args.seq)
+    params = init_params(cfg, np.random.default_rng(1))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 256, (args.batch, args.seq))
+    targets = rng.integers(0, 256, (args.batch, args.seq))
+    segment_pos = np.tile(np.arange(args.seq), (args.batch, 1))
+    if args.measure == "minigriffin":
+        step = minigriffin_step(cfg, params, tokens, segment_pos, targets)
+    else:
+        step = recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads)
+    print(best_time(step, args.repeats))
+
+
+def _child(args, what, family):
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, __file__, "--measure", what, "--family", family, "--batch", str(args.batch),
+           "--seq", str(args.seq), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{what} {family} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -87,12 +125,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-oracle", action="store_true", help="time minigriffin only")
+    parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)
+    parser.add_argument("--family", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    import numba
-    from minigriffin.config import GriffinConfig, block_pattern
-    from minigriffin.params import init_params
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if args.measure:
+        return _measure(args)
 
     peak = sgemm_flops()
     print(f"machine: {os.cpu_count()} CPUs; numpy {np.__version__}; sgemm (1024^3, float32) {peak / 1e9:.1f} GFLOP/s")
@@ -100,23 +137,16 @@ def main(argv=None):
           f"float32, {args.threads} threads; best of {args.repeats}\n")
     print("| model | minigriffin tokens/s | recurrentgemma tokens/s | ratio | minigriffin share of sgemm FLOP/s |")
     print("|---|---|---|---|---|")
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 256, (args.batch, args.seq))
-    targets = rng.integers(0, 256, (args.batch, args.seq))
-    segment_pos = np.tile(np.arange(args.seq), (args.batch, 1))
     n_tokens = args.batch * args.seq
-    for family, window in (("hawk", 128), ("griffin", 128), ("mqa", args.seq)):
-        cfg = GriffinConfig(vocab_size=256, width=256, mlp_expanded_width=768, num_heads=4, lru_width=256,
-                            block_types=block_pattern(family, 6), attention_window_size=window)
-        params = init_params(cfg, np.random.default_rng(1))
-        ours = best_time(minigriffin_step(cfg, params, tokens, segment_pos, targets), args.repeats)
-        share = matmul_flops(cfg, args.batch, args.seq) / ours / peak
+    for family in ("hawk", "griffin", "mqa"):
+        ours = _child(args, "minigriffin", family)
+        share = matmul_flops(_config(family, args.seq), args.batch, args.seq) / ours / peak
         if args.skip_oracle:
-            print(f"| {family} | {n_tokens / ours:,.0f} | - | - | {share:.0%} |")
+            print(f"| {family} | {n_tokens / ours:,.0f} | - | - | {share:.0%} |", flush=True)
             continue
-        theirs = best_time(recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads),
-                           args.repeats)
-        print(f"| {family} | {n_tokens / ours:,.0f} | {n_tokens / theirs:,.0f} | {theirs / ours:.2f}x | {share:.0%} |")
+        theirs = _child(args, "recurrentgemma", family)
+        print(f"| {family} | {n_tokens / ours:,.0f} | {n_tokens / theirs:,.0f} | {theirs / ours:.2f}x "
+              f"| {share:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

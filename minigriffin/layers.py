@@ -79,17 +79,35 @@ class GeluCache(NamedTuple):
 
 
 def gelu_tanh_forward(x):
-    """GeLU, tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi)."""
+    """GeLU, tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
+    Written with in-place operations: on a (B, T, F) activation each temporary is a full memory pass."""
     xp = array_namespace(x)
-    tanh_u = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
-    return 0.5 * x * (1.0 + tanh_u), GeluCache(x, tanh_u)
+    tanh_u = x * x                                       # x^2
+    tanh_u *= 0.044715 * _GELU_C
+    tanh_u += _GELU_C                                    # c (1 + 0.044715 x^2)
+    tanh_u *= x                                          # u = c (x + 0.044715 x^3)
+    xp.tanh(tanh_u, out=tanh_u)
+    out = tanh_u + 1.0
+    out *= x
+    out *= 0.5
+    return out, GeluCache(x, tanh_u)
 
 
 def gelu_tanh_backward(dy, cache):
     x, tanh_u = cache
     # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
-    du_dx = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
-    return dy * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
+    du_dx = x * x
+    du_dx *= 3 * 0.044715 * _GELU_C
+    du_dx += _GELU_C                                     # c (1 + 3 * 0.044715 x^2)
+    du_dx *= x
+    sech2 = tanh_u * tanh_u
+    sech2 -= 1.0                                         # t^2 - 1 = -(1 - t^2)
+    du_dx *= sech2                                       # -x (1 - t^2) du/dx
+    grad = tanh_u + 1.0
+    grad -= du_dx                                        # (1 + t) + x (1 - t^2) du/dx
+    grad *= 0.5
+    grad *= dy
+    return grad
 
 
 # ------------------------------------------------------------------------------------------- gated MLP
@@ -117,8 +135,9 @@ def mlp_backward(dout, cache):
     xp = array_namespace(dout)
     dhidden, down_grads = linear_backward(dout, cache.down)                    # (B, T, F)
     dup = xp.empty_like(cache.up)                                              # (2, B, T, F)
-    dup[1] = dhidden * cache.gate                           # forward was hidden = gate * up[1]
-    dup[0] = gelu_tanh_backward(dhidden * cache.up[1], cache.gelu)
+    xp.multiply(dhidden, cache.gate, out=dup[1])            # forward was hidden = gate * up[1]
+    xp.multiply(dhidden, cache.up[1], out=dup[0])
+    dup[0] = gelu_tanh_backward(dup[0], cache.gelu)
     F = dup.shape[-1]
     D = cache.x.shape[-1]
     # forward was up[c] = x @ w_up[c] + b[c]
