@@ -4,6 +4,9 @@ Tolerances: tests/strategies.py RTOL, relative to each element's error scale (th
 absolute values): float64 1e-12, float32 2e-5.
 """
 
+import contextlib
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,6 +16,25 @@ from minigriffin.scan import available_backends, linear_scan, linear_scan_backwa
 from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 BACKENDS = [name for name in available_backends() if name != "reference"]
+if "numba" in BACKENDS:
+    # Hypothesis's arrays are below the size where numba switches to its multithreaded kernel, so test that
+    # kernel too by lowering the switch point to zero.
+    BACKENDS.append("numba-parallel")
+
+
+@contextlib.contextmanager
+def backend_named(name):
+    """The registry name for a test backend; "numba-parallel" forces numba's multithreaded kernel."""
+    if name != "numba-parallel":
+        yield name
+        return
+    module = importlib.import_module("minigriffin.scan.numba_cpu")
+    saved = module.PARALLEL_MIN_ELEMENTS
+    module.PARALLEL_MIN_ELEMENTS = 0
+    try:
+        yield "numba"
+    finally:
+        module.PARALLEL_MIN_ELEMENTS = saved
 
 
 def test_cpu_backends_are_available():
@@ -24,7 +46,8 @@ def test_cpu_backends_are_available():
 @given(case=scan_cases())
 def test_forward_equals_reference(backend, case):
     h_ref, last_ref = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend="reference")
-    h, last = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=backend)
+    with backend_named(backend) as name:
+        h, last = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=name)
     assert h.dtype == case.x.dtype and h.shape == case.x.shape and last.shape == (case.x.shape[0], case.x.shape[2])
     scale, last_scale = forward_error_scale(case)
     rtol = RTOL[case.x.dtype]
@@ -40,8 +63,9 @@ def test_backward_equals_reference(backend, case, with_dh_last):
     dh_last = rng.standard_normal(case.x[:, 0].shape).astype(case.x.dtype) if with_dh_last else None
     h_ref, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend="reference")
     ref = linear_scan_backward(dh, dh_last, case.a, h_ref, case.h0, reverse=case.reverse, backend="reference")
-    h, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=backend)
-    got = linear_scan_backward(dh, dh_last, case.a, h, case.h0, reverse=case.reverse, backend=backend)
+    with backend_named(backend) as name:
+        h, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend=name)
+        got = linear_scan_backward(dh, dh_last, case.a, h, case.h0, reverse=case.reverse, backend=name)
     scales = backward_error_scales(case, dh, dh_last)
     rtol = RTOL[case.x.dtype]
     for name, g, r, s in zip(("dx", "da", "dh0"), got, ref, scales):

@@ -25,8 +25,7 @@ MIN_BLOCK_BYTES = 8192   # shortest run of a row one job streams; shorter blocks
 TILE_BYTES = 65536       # reverse scans stage this much of each input per tile (4 KiB - 512 KiB tried; 64 KiB was best)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _scan_kernel(x, a, h0, out, n_steps, reverse, block, tile):  # pragma: no cover - compiled by Numba
+def _scan_body(x, a, h0, out, n_steps, reverse, block, tile):  # pragma: no cover - compiled by Numba
     """out[b, t] = a[b, t] * out[b, t -/+ 1] + x[b, t] for t < n_steps. x, a, out: C-contiguous (B, >=n_steps, D)."""
     B = x.shape[0]
     D = x.shape[2]
@@ -74,8 +73,7 @@ def _scan_kernel(x, a, h0, out, n_steps, reverse, block, tile):  # pragma: no co
                 t_end = t_start
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _multiply_kernel(p, q, out, n_steps):  # pragma: no cover - compiled by Numba
+def _multiply_body(p, q, out, n_steps):  # pragma: no cover - compiled by Numba
     """out[b, t] = p[b, t] * q[b, t] for t < n_steps, in parallel over (b, t). All C-contiguous (B, >=n_steps, D)."""
     B = p.shape[0]
     D = p.shape[2]
@@ -87,6 +85,15 @@ def _multiply_kernel(p, q, out, n_steps):  # pragma: no cover - compiled by Numb
         out_row = out[b, t]
         for j in range(D):
             out_row[j] = p_row[j] * q_row[j]
+
+
+# Each kernel is compiled twice: multithreaded, and single-threaded for small inputs, where starting the
+# thread team costs more than the work (and on a busy machine a parallel region waits for a free core).
+_scan_parallel = njit(parallel=True, cache=True, nogil=True)(_scan_body)
+_scan_serial = njit(cache=True, nogil=True)(_scan_body)
+_multiply_parallel = njit(parallel=True, cache=True, nogil=True)(_multiply_body)
+_multiply_serial = njit(cache=True, nogil=True)(_multiply_body)
+PARALLEL_MIN_ELEMENTS = 1 << 16   # below this many elements the serial kernel is used
 
 
 def _block_size(B, D, itemsize):
@@ -124,12 +131,14 @@ def scan(x, a, h0, reverse, out):
     B, T, D = x.shape
     block = _block_size(B, D, x.itemsize)
     tile = max(4, TILE_BYTES // (block * x.itemsize))       # rows per reverse tile
-    _scan_kernel(_as_c_rows(x, "x"), _as_c_rows(a, "a"), np.ascontiguousarray(h0), _as_c_rows(out, "out"),
-                 T, bool(reverse), block, tile)
+    kernel = _scan_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _scan_serial
+    kernel(_as_c_rows(x, "x"), _as_c_rows(a, "a"), np.ascontiguousarray(h0), _as_c_rows(out, "out"),
+           T, bool(reverse), block, tile)
     return out
 
 
 def multiply(p, q, out):
     """out = p * q for (B, T, D) time slices, multithreaded (the backward's da = g * h_prev; NumPy's is serial)."""
-    _multiply_kernel(_as_c_rows(p, "p"), _as_c_rows(q, "q"), _as_c_rows(out, "out"), p.shape[1])
+    kernel = _multiply_parallel if p.size >= PARALLEL_MIN_ELEMENTS else _multiply_serial
+    kernel(_as_c_rows(p, "p"), _as_c_rows(q, "q"), _as_c_rows(out, "out"), p.shape[1])
     return out
