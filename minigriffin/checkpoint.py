@@ -1,0 +1,119 @@
+"""Checkpoints that survive crashes: atomic writes, a format version, a checksum, clear errors.
+
+A checkpoint is one .npz file (numpy's zip of arrays, loaded with allow_pickle=False) holding
+    param/<dotted path>, adam_m/<dotted path>, adam_v/<dotted path>   the arrays
+    meta                                                                JSON text: format version, step,
+        configs, every RNG state, the best validation loss, and a sha256 of all the arrays above
+It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one
+(os.replace is atomic on POSIX and Windows), and the folder is fsynced: a crash or a power cut leaves
+either the old checkpoint or the new one, never a torn file.
+"""
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from minigriffin.gradcheck import tree_leaves
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt or written by an incompatible version."""
+
+
+def _digest(arrays):
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _flatten(prefix, tree):
+    return {f"{prefix}/{path}": np.asarray(arr) for path, arr in tree_leaves(tree)}
+
+
+def unflatten(flat):
+    """Nested params from {dotted path: array}; numeric keys under "blocks" become list indices."""
+    tree = {}
+    for path, arr in flat.items():
+        node, keys = tree, path.split(".")
+        for key, nxt in zip(keys[:-1], keys[1:]):
+            key = int(key) if key.isdigit() else key
+            if isinstance(node, list):
+                while len(node) <= key:
+                    node.append(None)
+                if node[key] is None:
+                    node[key] = [] if nxt.isdigit() else {}
+                node = node[key]
+            else:
+                node = node.setdefault(key, [] if nxt.isdigit() else {})
+        last = keys[-1]
+        if isinstance(node, list):
+            while len(node) <= int(last):
+                node.append(None)
+            node[int(last)] = arr
+        else:
+            node[last] = arr
+    return tree
+
+
+def save_checkpoint(path, *, params, adam_m, adam_v, meta):
+    """Write a checkpoint atomically. meta: JSON-able dict (step, configs, RNG states, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {**_flatten("param", params), **_flatten("adam_m", adam_m), **_flatten("adam_v", adam_v)}
+    meta = {**meta, "format_version": FORMAT_VERSION, "sha256": _digest(arrays)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:                      # a file object, so numpy does not append ".npz"
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:                                            # make the rename itself durable (POSIX only)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path):
+    """Read and verify a checkpoint: returns (params, adam_m, adam_v, meta). Raises CheckpointError naming the
+    file and the problem (missing, not a checkpoint, truncated, checksum mismatch, other format version)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "meta" not in data.files:
+                raise CheckpointError(f"{path} is not a minigriffin checkpoint (no 'meta' entry)")
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version}; this minigriffin reads version "
+                              f"{FORMAT_VERSION}")
+    if meta.get("sha256") != _digest(arrays):
+        raise CheckpointError(f"{path} is corrupt: its arrays do not match the checksum stored with them")
+    groups = {"param": {}, "adam_m": {}, "adam_v": {}}
+    for name, arr in arrays.items():
+        group, _, dotted = name.partition("/")
+        if group not in groups:
+            raise CheckpointError(f"{path} has an unexpected entry {name!r}")
+        groups[group][dotted] = arr
+    return unflatten(groups["param"]), unflatten(groups["adam_m"]), unflatten(groups["adam_v"]), meta
