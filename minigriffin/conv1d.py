@@ -24,10 +24,10 @@ class Conv1DCache(NamedTuple):
     keep: object       # (K, B, T) float: keep[s, b, t] = tap s back from t is inside the document
 
 
-def _tap_masks(segment_pos, K, dtype):
+def _tap_masks(segment_pos, K, dtype, doc=None):
     """keep[s, b, t] = 1.0 if t - s >= 0 and positions t-s and t are in the same document, else 0.0."""
-    xp = array_namespace(segment_pos)
-    doc = document_ids(segment_pos)                        # (B, T)
+    doc = document_ids(segment_pos) if doc is None else doc   # (B, T)
+    xp = array_namespace(doc)
     B, T = doc.shape
     keep = xp.zeros((K, B, T), dtype=dtype)                # (K, B, T)
     for s in range(min(K, T)):
@@ -35,12 +35,16 @@ def _tap_masks(segment_pos, K, dtype):
     return keep
 
 
-def conv1d_forward(x, p, segment_pos):
-    """x: (B, T, E); p: {"w": (K, E), "b": (E,)}; segment_pos: (B, T) -> (B, T, E)."""
+def conv1d_forward(x, p, segment_pos, *, doc=None):
+    """x: (B, T, E); p: {"w": (K, E), "b": (E,)}; segment_pos: (B, T) -> (B, T, E).
+
+    doc: optional (B, T) int document ids used instead of document_ids(segment_pos) (segment_pos is then
+    ignored and may be None): taps join only positions with equal ids. minigriffin.inference passes ids that
+    continue across chunks, with the carried inputs of the previous chunk prepended to x."""
     xp = array_namespace(x)
     K = p["w"].shape[0]
     T = x.shape[1]
-    keep = _tap_masks(segment_pos, K, x.dtype)             # (K, B, T)
+    keep = _tap_masks(segment_pos, K, x.dtype, doc)        # (K, B, T)
     out = xp.broadcast_to(p["b"], x.shape).copy()          # (B, T, E)
     for s in range(min(K, T)):
         # out[:, t] += w[K-1-s] * x[:, t-s] * keep[s, :, t]   for t >= s

@@ -1,0 +1,195 @@
+"""Inference with carried state: run a sequence chunk by chunk (or token by token) with no backward.
+
+    state = init_state(cfg, batch_size)
+    for each chunk:  logits, state = forward_chunk(params, tokens, segment_pos, cfg, state)
+
+Feeding a sequence in chunks of any sizes gives the same logits as `model.model_forward` on the whole of it
+(tested in float64 to rtol 1e-12): segment_pos simply continues (a book's second chunk of 512 starts at 512),
+and a 0 anywhere still starts a new document. What each residual block carries (Griffin §5.1, spec §8):
+
+    recurrent block   h: (B, E) RG-LRU state;  the last K-1 = 3 Conv1D inputs (B, 3, E) and their document ids
+    attention block   the last min(W, tokens so far) post-RoPE keys and values (B, <=W, Dh) and their document ids
+
+so Hawk's state is O(1) in the context length and Griffin's is bounded by the window. For the MQA baseline
+(global attention, W >= the context) the attention state IS the full KV cache: it grows with every token up
+to W, which is why MQA decoding becomes memory-bound at long contexts (Griffin paper eq. 5, Figure 4).
+
+Positions need not be stored: an attention cache always holds the contiguous last N tokens, so slot i is the
+token N - i steps before the chunk, and [cache, chunk] laid end to end has array indices that differ exactly
+as the full sequence's do. The window mask is therefore the training mask (`attention._mask_from_doc`)
+evaluated on the concatenation. Document ids continue across chunks (ModelState.doc counts the starts seen);
+-1 marks the Conv1D padding before the first token, which no real token ever matches.
+Unlike recurrentgemma's decode path (no Conv1D document mask with a cache, positions recovered from
+segment_pos), this stays exact when documents are packed and when a document starts inside a chunk.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minigriffin.attention import MIN_LOGITS_VALUE, _mask_from_doc, default_block_size
+from minigriffin.config import RECURRENT
+from minigriffin.conv1d import conv1d_forward
+from minigriffin.head import embedding_forward, embedding_scale, softcap_forward
+from minigriffin.layers import gelu_tanh_forward, linear_forward, mlp_forward, rmsnorm_forward
+from minigriffin.model import _check_inputs
+from minigriffin.rglru import rglru_forward
+from minigriffin.rope import rope_forward
+from minigriffin.xp import array_namespace
+
+NO_DOC = -1          # document id of the Conv1D padding before the first token (real ids are >= 0)
+
+
+class RecurrentState(NamedTuple):
+    """recurrentgemma's RecurrentBlockCache, plus the document ids of the carried Conv1D inputs."""
+    h: object          # (B, E) RG-LRU state h_{t} after the last token, model dtype (float32 or float64)
+    conv_x: object     # (B, K-1, E) the last K-1 Conv1D inputs (linear_x outputs), oldest first, 0-padded
+    conv_doc: object   # (B, K-1) int64 their document ids, NO_DOC for padding
+
+
+class AttentionState(NamedTuple):
+    """The sliding-window KV cache: the last N = min(W, tokens so far) tokens, oldest first (no ring buffer)."""
+    keys: object       # (B, N, Dh) post-RoPE keys
+    values: object     # (B, N, Dh)
+    doc: object        # (B, N) int64 their document ids
+
+
+class ModelState(NamedTuple):
+    blocks: tuple      # one RecurrentState or AttentionState per residual block
+    doc: object        # (B,) int64 document id of the last token fed (0 before any token, as in model_forward)
+    num_tokens: int    # tokens fed so far in each row
+
+
+def init_state(cfg, batch_size):
+    """The state before the first token (zeros, empty caches). cfg: GriffinConfig -> ModelState."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    B, E, Dh, K1 = int(batch_size), cfg.lru_width, cfg.head_dim, cfg.conv1d_temporal_width - 1
+    dt = np.dtype(cfg.dtype)
+    blocks = []
+    for kind in cfg.block_types:
+        if kind == RECURRENT:
+            blocks.append(RecurrentState(h=np.zeros((B, E), dt),                      # (B, E)
+                                         conv_x=np.zeros((B, K1, E), dt),             # (B, K-1, E)
+                                         conv_doc=np.full((B, K1), NO_DOC, np.int64)))  # (B, K-1)
+        else:
+            blocks.append(AttentionState(keys=np.zeros((B, 0, Dh), dt),               # (B, 0, Dh)
+                                         values=np.zeros((B, 0, Dh), dt),             # (B, 0, Dh)
+                                         doc=np.zeros((B, 0), np.int64)))             # (B, 0)
+    return ModelState(tuple(blocks), np.zeros(B, np.int64), 0)
+
+
+def state_nbytes(state):
+    """Bytes held by a ModelState's arrays (the per-sequence cache of Griffin paper eq. 5, times B)."""
+    return int(sum(arr.nbytes for block in state.blocks for arr in block) + state.doc.nbytes)
+
+
+def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
+    """Recurrent block (spec §3) continuing from `state`. x: (B, T, D) -> out: (B, T, D), RecurrentState."""
+    xp = array_namespace(x)
+    T, K1 = x.shape[1], state.conv_x.shape[1]
+    y_pre, _ = linear_forward(x, p["linear_y"])                            # (B, T, E)
+    y, _ = gelu_tanh_forward(y_pre)                                        # (B, T, E)
+    u_pre, _ = linear_forward(x, p["linear_x"])                            # (B, T, E)
+    # Prepend the carried inputs so the taps reach back into the previous chunk; their document ids keep
+    # the training mask (no tap across a document start). Outputs at the K-1 carried rows are dropped.
+    conv_in = xp.concatenate([state.conv_x, u_pre], axis=1)                # (B, K-1+T, E)
+    conv_doc = xp.concatenate([state.conv_doc, doc], axis=1)               # (B, K-1+T)
+    conv_out, _ = conv1d_forward(conv_in, p["conv_1d"], None, doc=conv_doc)   # (B, K-1+T, E)
+    u, h_last, _ = rglru_forward(conv_out[:, K1:], p["rg_lru"], segment_pos, h0=state.h,
+                                 backend=scan_backend)                     # (B, T, E), (B, E)
+    out, _ = linear_forward(u * y, p["linear_out"])                        # (B, T, D)
+    # conv_in[:, T:] is the last K-1 rows (written this way because [:, -0:] would keep everything)
+    return out, RecurrentState(h_last, conv_in[:, T:].copy(), conv_doc[:, T:].copy())
+
+
+def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window):
+    """Local MQA (spec §5) over [cached keys, chunk]. x: (B, T, D) -> out: (B, T, D), AttentionState.
+    The same computation as attention.attention_forward, with N carried keys in front and no backward cache."""
+    xp = array_namespace(x)
+    B, T, D = x.shape
+    H, Dh = num_heads, D // num_heads
+    N = state.keys.shape[1]
+    q, _ = linear_forward(x, p["proj_q"])                                  # (B, T, D)
+    k, _ = linear_forward(x, p["proj_k"])                                  # (B, T, Dh)
+    v, _ = linear_forward(x, p["proj_v"])                                  # (B, T, Dh)
+    q, _ = rope_forward(q.reshape(B, T, H, Dh), segment_pos)               # (B, T, H, Dh) head-major
+    k, _ = rope_forward(k.reshape(B, T, 1, Dh), segment_pos)               # (B, T, 1, Dh)
+    keys = xp.concatenate([state.keys, k.reshape(B, T, Dh)], axis=1)       # (B, N+T, Dh)
+    values = xp.concatenate([state.values, v], axis=1)                     # (B, N+T, Dh)
+    docs = xp.concatenate([state.doc, doc], axis=1)                        # (B, N+T)
+    scale = Dh ** -0.5
+    min_logit = xp.asarray(MIN_LOGITS_VALUE, dtype=x.dtype)                # () keeps the softmax in x.dtype
+    Q = default_block_size(window)
+    o = xp.empty_like(q)                                                   # (B, T, H, Dh)
+    # Query blocks [q0, q1) in concatenated indices (the chunk is [N, N+T)); each sees keys [q0 - W, q1).
+    for q0 in range(N, N + T, Q):
+        q1, k0 = min(q0 + Q, N + T), max(0, q0 - window)
+        Tq, Tk = q1 - q0, q1 - k0
+        q_blk = q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)                 # (B, Tq*H, Dh)
+        logits = (q_blk @ xp.swapaxes(keys[:, k0:q1], 1, 2)) * scale       # (B, Tq*H, Tk)
+        logits = logits.reshape(B, Tq, H, Tk)                              # (B, Tq, H, Tk)
+        mask = _mask_from_doc(docs, q0, q1, k0, q1, window)                # (B, Tq, Tk) the training mask
+        logits = xp.where(mask[:, :, None, :], logits, min_logit)          # (B, Tq, H, Tk)
+        probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))        # (B, Tq, H, Tk)
+        probs /= probs.sum(axis=-1, keepdims=True)                         # (B, Tq, H, Tk)
+        o[:, q0 - N:q1 - N] = (probs.reshape(B, Tq * H, Tk) @ values[:, k0:q1]).reshape(B, Tq, H, Dh)
+    out, _ = linear_forward(o.reshape(B, T, D), p["proj_final"])           # (B, T, D)
+    # Keep the last min(W, N+T) tokens: all a later query can see. Copies, so the state owns exactly this
+    # memory and not a view of the (B, N+T, Dh) concatenation.
+    start = N + T - min(window, N + T)
+    return out, AttentionState(keys[:, start:].copy(), values[:, start:].copy(), docs[:, start:].copy())
+
+
+def _check_state(state, cfg, B):
+    """The state must come from init_state / forward_chunk for this cfg and batch size."""
+    if not isinstance(state, ModelState):
+        raise TypeError(f"state must be a ModelState (use init_state(cfg, batch_size)), got {type(state).__name__}")
+    if len(state.blocks) != cfg.num_layers:
+        raise ValueError(f"state has {len(state.blocks)} blocks, cfg has {cfg.num_layers}")
+    for i, (kind, block) in enumerate(zip(cfg.block_types, state.blocks)):
+        want = RecurrentState if kind == RECURRENT else AttentionState
+        if not isinstance(block, want):
+            raise TypeError(f"state block {i} is a {type(block).__name__}, but cfg block {i} is {kind}")
+    if state.doc.shape != (B,):
+        raise ValueError(f"state is for batch size {state.doc.shape[0]}, tokens have B={B}")
+    first = state.blocks[0]
+    arr = first.h if isinstance(first, RecurrentState) else first.keys
+    if arr.dtype != np.dtype(cfg.dtype):
+        raise TypeError(f"state is {arr.dtype} but cfg.dtype is {cfg.dtype!r}")
+
+
+def forward_chunk(params, tokens, segment_pos, cfg, state):
+    """Logits for the next T tokens, continuing from `state` (Griffin §5.1, inference).
+
+    tokens, segment_pos: (B, T) ints, any T >= 1 (segment_pos continues across chunks; 0 starts a document);
+    state: ModelState from init_state or a previous call (not modified). Returns logits: (B, T, V) in
+    cfg.dtype, equal to model_forward on the concatenation of all chunks, and the new ModelState.
+    """
+    _check_inputs(params, tokens, segment_pos, cfg)
+    B, T = tokens.shape
+    _check_state(state, cfg, B)
+    xp = array_namespace(params["embedder"]["input_embedding"])
+    # Document ids continue from the previous chunk: the same ids model_forward would give these positions.
+    doc = state.doc[:, None] + xp.cumsum(segment_pos == 0, axis=1)         # (B, T)
+    table = params["embedder"]["input_embedding"]                          # (V, D)
+    scale = embedding_scale(cfg.width) if cfg.embeddings_scale_by_sqrt_dim else None
+    x, _ = embedding_forward(tokens, table, scale)                         # (B, T, D)
+    new_blocks = []
+    for p, block_state in zip(params["blocks"], state.blocks):
+        # the residual block of blocks.residual_block_forward, with carried state
+        normed, _ = rmsnorm_forward(x, p["temporal_pre_norm"])             # (B, T, D)
+        if isinstance(block_state, RecurrentState):
+            mixed, block_state = _recurrent_chunk(normed, p["recurrent_block"], segment_pos, doc, block_state,
+                                                  cfg.scan_backend)        # (B, T, D)
+        else:
+            mixed, block_state = _attention_chunk(normed, p["attention_block"], segment_pos, doc, block_state,
+                                                  cfg.num_heads, cfg.attention_window_size)   # (B, T, D)
+        residual = x + mixed                                               # (B, T, D)
+        normed2, _ = rmsnorm_forward(residual, p["channel_pre_norm"])      # (B, T, D)
+        mlp_out, _ = mlp_forward(normed2, p["mlp_block"])                  # (B, T, D)
+        x = residual + mlp_out                                             # (B, T, D)
+        new_blocks.append(block_state)
+    normed, _ = rmsnorm_forward(x, params["final_norm"])                   # (B, T, D)
+    logits, _ = softcap_forward(normed @ table.T, cfg.logits_soft_cap)     # (B, T, V) tied head
+    return logits, ModelState(tuple(new_blocks), doc[:, -1].copy(), state.num_tokens + T)
