@@ -6,12 +6,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# Books for the demo: $MINIGRIFFIN_BOOKS, else the team's shared copy next to the repository if present;
+# otherwise `minigriffin demo` downloads them from Project Gutenberg.
+BOOKS ?= $(or $(MINIGRIFFIN_BOOKS),$(wildcard ../shared/data/books))
 
 .PHONY: test demo doctor bench install clean help
 
 help:
 	@echo "make test    install the package with its test and oracle extras into $(VENV), run pytest"
-	@echo "make demo    install the package into $(VENV) and run the demo (scan backends and their speed)"
+	@echo "make demo    install the package into $(VENV), train a small Griffin on books (~3 min), sample, plot"
 	@echo "make doctor  print versions, Numba threading and GPU availability"
 	@echo "make bench   run benchmarks/bench_scan.py"
 	@echo "make clean   remove $(VENV) and caches"
@@ -35,7 +38,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed-base
-	$(BIN)/minigriffin demo
+	$(BIN)/minigriffin demo $(if $(BOOKS),--data-dir $(BOOKS))
 
 doctor: $(VENV)/.installed-base
 	$(BIN)/minigriffin doctor

@@ -1,10 +1,12 @@
-"""The `minigriffin` command line: `minigriffin doctor`, `minigriffin demo` (more commands arrive with training).
+"""The `minigriffin` command line: train, sample, plot, download, doctor, demo.
 
 Each subcommand lives in its own function; heavy imports happen inside them so `minigriffin --help` is instant.
 """
 
 import argparse
+import os
 import sys
+import time
 
 
 def _doctor(args):
@@ -72,8 +74,146 @@ def _cupy_status():
 
 
 def _demo(args):
-    from minigriffin.demo import run_demo
-    return run_demo(quick=args.quick)
+    from minigriffin.demo import DEMO_STEPS, run_demo, run_training_demo
+    if args.scan:
+        return run_demo(quick=args.quick)
+    return run_training_demo(args.data_dir, args.run_dir, args.steps or (3 if args.quick else DEMO_STEPS),
+                             quick=args.quick)
+
+
+def _parse_overrides(extra):
+    """['--lr=0.01', '--width', '64'] -> {'lr': '0.01', 'width': '64'}; anything else is an error."""
+    pairs, i = {}, 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or item == "--":
+            raise SystemExit(f"minigriffin train: unexpected argument {item!r} (options look like --key=value)")
+        key, eq, value = item[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise SystemExit(f"minigriffin train: option --{key} needs a value (--{key}=VALUE)")
+            value, i = extra[i + 1], i + 1
+        pairs[key.replace("-", "_")] = value
+        i += 1
+    return pairs
+
+
+def _resolve_data_dir(data_dir):
+    """--data-dir, else $MINIGRIFFIN_BOOKS, else the downloaded books (downloading them if needed)."""
+    if data_dir:
+        return data_dir
+    if os.environ.get("MINIGRIFFIN_BOOKS"):
+        return os.environ["MINIGRIFFIN_BOOKS"]
+    from minigriffin.gutenberg import download_books
+    print("no --data-dir given: using books from Project Gutenberg (downloaded once into the cache)")
+    return str(download_books())
+
+
+def _train(args, extra):
+    from minigriffin.config import TrainConfig, make_config, split_overrides
+    from minigriffin.data import load_corpus
+    from minigriffin.train import EXIT_INTERRUPTED, Trainer
+    try:
+        model_over, train_over = split_overrides(_parse_overrides(extra))
+        if args.resume:
+            if model_over or set(train_over) - {"max_steps"}:
+                raise SystemExit("minigriffin train --resume continues a run with its saved settings; only "
+                                 "--max_steps may be changed")
+            trainer = Trainer.resume(args.resume, load_corpus, max_steps=train_over.get("max_steps"))
+        else:
+            model_cfg = make_config(args.preset, **model_over)
+            train_cfg = TrainConfig(**train_over)
+            data_dir = _resolve_data_dir(args.data_dir)
+            run_dir = args.run_dir or os.path.join("runs", f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir))
+            trainer.start_fresh()
+    except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
+        raise SystemExit(f"minigriffin train: {exc.args[0] if exc.args else exc}") from None
+    from minigriffin.params import count_params
+    print(f"run folder: {trainer.run_dir}  ({count_params(trainer.model_cfg):,} parameters, "
+          f"{trainer.model_cfg.num_layers} blocks, step {trainer.step} of {trainer.train_cfg.max_steps})", flush=True)
+    progress = None
+    if sys.stderr.isatty() and not args.no_progress:
+        from tqdm import tqdm
+        progress = lambda **kw: tqdm(dynamic_ncols=True, **kw)  # noqa: E731
+    summary = trainer.run(progress=progress)
+    print(f"step {summary['step']}: last loss {summary['last_loss']:.4f}, best validation loss "
+          f"{summary['best_val_loss']:.4f}; checkpoints in {trainer.ckpt_dir}")
+    if summary["interrupted"]:
+        print(f"interrupted: resume with\n  minigriffin train --resume {trainer.run_dir}")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _plot(args):
+    from minigriffin.plots import plot_runs
+    out = plot_runs(args.run_dirs, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _sample(args):
+    import numpy as np
+
+    from minigriffin.checkpoint import load_checkpoint
+    from minigriffin.config import config_from_dict
+    from minigriffin.data import ByteTokenizer
+    from minigriffin.sample import generate
+    path = os.path.join(args.run_dir, "checkpoints", f"{args.checkpoint}.npz")
+    params, _, _, meta = load_checkpoint(path)
+    cfg = config_from_dict(meta["model_config"])
+    tokenizer = ByteTokenizer()
+    prompt = tokenizer.encode(args.prompt)
+    if prompt.size == 0:
+        raise SystemExit("minigriffin sample: --prompt must not be empty")
+    out = generate(params, cfg, prompt[None].astype(np.int64), args.max_new_tokens,
+                   np.random.default_rng(args.seed), temperature=args.temperature, top_k=args.top_k)
+    print(tokenizer.decode(out[0]))
+    return 0
+
+
+def _eval_length(args):
+    import dataclasses
+
+    from minigriffin.checkpoint import load_checkpoint
+    from minigriffin.config import ATTENTION, config_from_dict
+    from minigriffin.data import load_corpus
+    from minigriffin.evaluate import bucket_summary, length_curve, plot_curves, write_csv
+    corpus = load_corpus(_resolve_data_dir(args.data_dir))
+    out = args.out or args.run_dirs[0]
+    os.makedirs(out, exist_ok=True)
+    curves = []
+    for run_dir in args.run_dirs:
+        params, _, _, meta = load_checkpoint(os.path.join(run_dir, "checkpoints", f"{args.checkpoint}.npz"))
+        cfg = config_from_dict(meta["model_config"])
+        train_len = int(meta["train_config"]["seq_len"])
+        if ATTENTION in cfg.block_types and cfg.attention_window_size >= train_len:
+            # Global attention: the window must cover every position evaluated. Its cache is the full KV
+            # cache, so memory grows with --max-len (local attention and the RG-LRU keep a fixed state).
+            cfg = dataclasses.replace(cfg, attention_window_size=args.max_len)
+            print(f"{run_dir}: global attention, so its key/value cache grows with the context")
+        name = os.path.basename(os.path.normpath(run_dir))
+        curve = length_curve(params, cfg, corpus.valid, args.max_len, name=name, train_len=train_len,
+                             chunk_size=args.chunk_size,
+                             progress=lambda i, n: print(f"  {name}: book {i}/{n}", flush=True))
+        csv_path = write_csv(curve, os.path.join(out, f"{name}-length.csv"))
+        print(f"{bucket_summary(curve)}\n  -> {csv_path}")
+        curves.append(curve)
+    print(f"figure: {plot_curves(curves, os.path.join(out, 'length.png'))}")
+    return 0
+
+
+def _experiment(args):
+    from minigriffin.experiment import run_study
+    out = args.out or os.path.join("runs", f"experiment-{args.preset}")
+    run_study(args.study, args.preset, _resolve_data_dir(args.data_dir), out, seed=args.seed)
+    return 0
+
+
+def _download(args):
+    from minigriffin.gutenberg import download_books
+    print(f"books in {download_books(args.out)}")
+    return 0
 
 
 def build_parser():
@@ -84,15 +224,73 @@ def build_parser():
     sub.required = True
     doctor = sub.add_parser("doctor", help="print versions, Numba threading, scan backends and GPU availability")
     doctor.set_defaults(func=_doctor)
-    demo = sub.add_parser("demo", help="show the scan backends agreeing with the reference, and their speed")
+    demo = sub.add_parser("demo", help="train a small Griffin on books for a few minutes, sample, plot")
+    demo.add_argument("--data-dir", help="folder of .txt books (default: $MINIGRIFFIN_BOOKS or a download)")
+    demo.add_argument("--run-dir", help="output folder (default: runs/demo-<time>)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 300)")
+    demo.add_argument("--scan", action="store_true", help="instead: the scan backends against the reference")
     demo.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for smoke tests")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train a model on a folder of .txt books",
+                           description="Train Hawk, Griffin or the MQA baseline. Any model or training field can "
+                                       "be set with --key=value, e.g. --lr=1e-3 --seq_len=512 --width=128.")
+    train.add_argument("--preset", default="griffin-small", help="model preset (default: %(default)s)")
+    train.add_argument("--data-dir", help="folder of UTF-8 .txt books (train/ and valid/ subfolders optional); "
+                                          "default: $MINIGRIFFIN_BOOKS or books downloaded from Project Gutenberg")
+    train.add_argument("--run-dir", help="where to write checkpoints and metrics (default: runs/<preset>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    train.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    train.set_defaults(func=_train, takes_extra=True)
+
+    sample = sub.add_parser("sample", help="generate text from a trained run")
+    sample.add_argument("run_dir")
+    sample.add_argument("--prompt", default="It was ")
+    sample.add_argument("--max-new-tokens", type=int, default=300)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    sample.set_defaults(func=_sample)
+
+    plot = sub.add_parser("plot", help="draw loss curves of one or more runs to a PNG")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/loss.png of the first run)")
+    plot.set_defaults(func=_plot)
+
+    evl = sub.add_parser("eval-length", help="loss per token position on long validation books (Figure 5)")
+    evl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    evl.add_argument("--data-dir", help="books folder (its valid/ books are evaluated)")
+    evl.add_argument("--max-len", type=int, required=True, help="evaluate each book up to this many tokens")
+    evl.add_argument("--chunk-size", type=int, default=512, help="tokens per forward pass (state carried over)")
+    evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
+    evl.set_defaults(func=_eval_length)
+
+    exp = sub.add_parser("experiment", help="reproduce the paper's long-context study at laptop scale")
+    exp.add_argument("name", choices=["extrapolation"])
+    exp.add_argument("--study", choices=["extrapolation", "train-length"], default="extrapolation")
+    exp.add_argument("--preset", choices=["laptop", "tiny"], default="laptop")
+    exp.add_argument("--data-dir")
+    exp.add_argument("--out", help="output folder, shared by both studies (default: runs/experiment-<preset>)")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.set_defaults(func=_experiment)
+
+    download = sub.add_parser("download", help="download the Project Gutenberg books into the cache")
+    download.add_argument("--out", help="folder (default: the user cache directory)")
+    download.set_defaults(func=_download)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
+    except BrokenPipeError:
+        return 1
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class GriffinConfig:
     dtype: str = "float32"                       # "float32" (default) or "float64" (for checks)
 
     def __post_init__(self):
-        _check_types(self)
+        _check_types(self, GriffinConfig)
         if self.width % self.num_heads:
             raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
         if self.lru_width % self.gate_blocks:
@@ -58,6 +58,9 @@ class GriffinConfig:
         bad = [t for t in self.block_types if t not in (RECURRENT, ATTENTION)]
         if bad or not self.block_types:
             raise ValueError(f"block_types must be a non-empty tuple of {RECURRENT!r}/{ATTENTION!r}, got {bad}")
+        from minigriffin.scan import _REGISTRY          # light: no backend is imported
+        if self.scan_backend not in ("auto", *_REGISTRY):
+            raise ValueError(f"scan_backend must be one of {['auto', *_REGISTRY]}, got {self.scan_backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for name in ("vocab_size", "width", "mlp_expanded_width", "num_heads", "lru_width",
@@ -80,9 +83,9 @@ class GriffinConfig:
         return len(self.block_types)
 
 
-def _check_types(cfg):
+def _check_types(cfg, cls):
     """Reject wrong types with a message naming the field (bool is not accepted as int, int is as float)."""
-    hints = typing.get_type_hints(GriffinConfig)
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cfg):
         value, expected = getattr(cfg, field.name), hints[field.name]
         if typing.get_origin(expected) is typing.Union:          # Optional[X]
@@ -155,3 +158,70 @@ def config_to_dict(cfg):
 def config_from_dict(d):
     """Inverse of config_to_dict; unknown keys and wrong types raise."""
     return replace(GriffinConfig(), **dict(d))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters (everything that is not the model). Defaults suit griffin-small on a laptop."""
+    batch_size: int = 8
+    seq_len: int = 256
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0                       # global-norm clipping; 0 = off
+    eval_every: int = 100                        # steps between validation losses (and "best" checkpoints)
+    eval_batches: int = 4                        # fixed validation batches per evaluation
+    checkpoint_every: int = 100                  # steps between "last" checkpoints (also saved at the end)
+    log_every: int = 10                          # plain progress lines when not on a terminal
+    seed: int = 0                                # seeds parameter init and the data sampler
+
+    def __post_init__(self):
+        _check_types(self, TrainConfig)
+        for name in ("batch_size", "seq_len", "max_steps", "eval_batches", "eval_every", "checkpoint_every",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; min_lr, warmup_steps and grad_clip must be >= 0")
+
+
+def parse_value(cls, key, text):
+    """Convert the string `text` for field `key` of dataclass `cls` (CLI overrides: --key=value)."""
+    hints = typing.get_type_hints(cls)
+    expected = hints[key]
+    if typing.get_origin(expected) is typing.Union:
+        if text.lower() == "none":
+            return None
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    try:
+        if expected is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if expected is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return expected(text)
+    except ValueError:
+        raise ValueError(f"--{key}={text}: expected a value of type {expected.__name__}") from None
+
+
+def split_overrides(pairs):
+    """{key: text} from CLI overrides -> (model overrides, train overrides), parsed to the fields' types.
+    Unknown keys raise, listing the valid ones."""
+    model_keys = {f.name for f in dataclasses.fields(GriffinConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model, train = {}, {}
+    for key, text in pairs.items():
+        if key in train_keys:
+            train[key] = parse_value(TrainConfig, key, text)
+        elif key in model_keys:
+            model[key] = parse_value(GriffinConfig, key, text)
+        else:
+            raise KeyError(f"unknown option --{key}; training options: {sorted(train_keys)}; "
+                           f"model options: {sorted(model_keys)}")
+    return model, train

@@ -1,7 +1,6 @@
-"""`minigriffin demo` (what `make demo` runs): the linear scan at the heart of the RG-LRU, on every backend.
-
-For now the demo shows the scan backends agreeing with the NumPy reference and how fast each is; once the
-training issue lands, `make demo` trains a small Griffin on books instead.
+"""`minigriffin demo` (what `make demo` runs): train a small Griffin on books for a few minutes, sample from it
+and plot its loss curve. `minigriffin demo --scan` instead shows the scan backends agreeing with the NumPy
+reference, and how fast each is.
 """
 
 import time
@@ -18,6 +17,36 @@ def _best_ms(fn, repeats):
         fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
+
+
+DEMO_STEPS = 300          # about 3 minutes for griffin-small on a 2-core laptop CPU (docs/benchmarks.md)
+
+
+def run_training_demo(data_dir=None, run_dir=None, steps=DEMO_STEPS, quick=False):
+    """Train griffin-small (griffin-tiny with quick=True), then sample and plot. Returns the exit code."""
+    import time
+
+    from minigriffin.cli import main
+    run_dir = run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    preset, size = ("griffin-tiny", ["--batch_size=2", "--seq_len=32"]) if quick else \
+        ("griffin-small", ["--batch_size=8", "--seq_len=128"])
+    argv = ["train", "--preset", preset, "--run-dir", run_dir, f"--max_steps={steps}",
+            f"--eval_every={max(1, steps // 3)}", f"--checkpoint_every={max(1, steps // 3)}", "--warmup_steps=30",
+            "--lr=3e-3", "--eval_batches=4", *size]
+    if data_dir:
+        argv += ["--data-dir", str(data_dir)]
+    print(f"== training {preset} for {steps} steps (Ctrl-C stops early and keeps a checkpoint)", flush=True)
+    code = main(argv)
+    if code not in (0, 130):
+        return code
+    print("\n== a sample from the best checkpoint (prompt: 'It was ')", flush=True)
+    main(["sample", run_dir, "--prompt", "It was ", "--max-new-tokens", "40" if quick else "300"])
+    print("\n== loss curve", flush=True)
+    main(["plot", run_dir])
+    print(f"\nEverything is in {run_dir}/: config.json, metrics.jsonl, loss.png, checkpoints/{{best,last}}.npz")
+    print(f"Continue training:   minigriffin train --resume {run_dir} --max_steps={2 * steps}")
+    print(f"Sample again:        minigriffin sample {run_dir} --prompt 'Once upon a time'")
+    return 0
 
 
 def run_demo(quick=False):

@@ -14,6 +14,14 @@ settings.register_profile("dev", deadline=None, max_examples=60)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Token caches and downloads go to a temporary folder, never the user's ~/.cache (subprocesses inherit it)."""
+    if "MINIGRIFFIN_CACHE" not in os.environ:
+        os.environ["MINIGRIFFIN_CACHE"] = str(tmp_path_factory.mktemp("minigriffin-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def books_dir():
     """The shared books corpus (train/ and valid/); .ci/run sets MINIGRIFFIN_BOOKS. Skips visibly if absent."""

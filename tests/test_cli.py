@@ -13,8 +13,8 @@ def test_doctor_reports_versions_threading_and_gpu(capsys):
         assert expected in out, f"doctor output lacks {expected!r}:\n{out}"
 
 
-def test_demo_quick_runs_and_checks_agreement(capsys):
-    assert main(["demo", "--quick"]) == 0
+def test_scan_demo_quick_runs_and_checks_agreement(capsys):
+    assert main(["demo", "--scan", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "numba" in out and "blelloch" in out and "h there equals x exactly -> True" in out
 
@@ -29,3 +29,11 @@ def test_import_is_lazy():
     code = "import sys, minigriffin; print('numba' in sys.modules, 'cupy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_training_demo_quick(books_dir, tmp_path, capsys):
+    """The demo trains, samples and plots, and says where everything is."""
+    assert main(["demo", "--quick", "--data-dir", str(books_dir), "--run-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "a sample from the best checkpoint" in out and f"minigriffin train --resume {tmp_path / 'demo'}" in out
+    assert (tmp_path / "demo" / "loss.png").exists()

@@ -1,0 +1,153 @@
+"""Loss per token position on long documents (Griffin §6.1, Figure 5): `minigriffin eval-length`.
+
+Each validation book is fed as ONE document (segment_pos = 0, 1, 2, ...) of up to `max_len` tokens, in
+chunks that carry the recurrent state and the attention window cache from one chunk to the next
+(minigriffin.inference.forward_chunk). Memory therefore does not grow with max_len for Hawk and Griffin;
+the global-attention baseline keeps every key of the document (its window is the whole context), so its
+cache grows linearly. The loss at position t is the cross-entropy of predicting token t+1 from tokens 0..t.
+
+Positions are grouped into log-spaced buckets; the output is the mean loss per bucket over books and its
+spread (standard deviation of the per-book bucket means).
+"""
+
+import csv
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from minigriffin.inference import forward_chunk, init_state
+
+
+class LengthCurve(NamedTuple):
+    name: str                 # label of the run
+    train_len: int            # sequence length the model was trained at (marked on the plot)
+    bucket_lo: np.ndarray     # (K,) first position of each bucket
+    bucket_hi: np.ndarray     # (K,) one past the last position
+    mean: np.ndarray          # (K,) mean loss over books (nats per byte)
+    spread: np.ndarray        # (K,) standard deviation over books of the per-book bucket mean
+    books: int                # number of books that reached each bucket (the minimum over buckets)
+
+
+def position_losses(params, cfg, tokens, chunk_size=512):
+    """Per-position loss for one document. tokens: (N,) ints -> (N-1,) float64 losses, computed chunk by chunk."""
+    N = len(tokens)
+    if N < 2:
+        raise ValueError(f"a document needs at least 2 tokens to score, got {N}")
+    state = init_state(cfg, 1)
+    losses = np.empty(N - 1)
+    for start in range(0, N - 1, chunk_size):
+        stop = min(start + chunk_size, N - 1)
+        chunk = np.asarray(tokens[start:stop], dtype=np.int64)[None]          # (1, C)
+        positions = np.arange(start, stop, dtype=np.int64)[None]              # (1, C) one document
+        logits, state = forward_chunk(params, chunk, positions, cfg, state)   # (1, C, V)
+        logits = logits[0].astype(np.float64)                                 # (C, V)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(shifted).sum(axis=-1))                          # (C,)
+        targets = np.asarray(tokens[start + 1:stop + 1], dtype=np.int64)      # (C,)
+        losses[start:stop] = log_z - shifted[np.arange(stop - start), targets]
+    return losses
+
+
+def log_buckets(max_len, first=16, per_octave=2):
+    """Bucket edges [0, first, ..., max_len) growing geometrically (per_octave buckets per doubling)."""
+    edges = [0, first]
+    while edges[-1] < max_len - 1:
+        edges.append(min(max_len - 1, int(round(edges[-1] * 2 ** (1 / per_octave)))))
+        if edges[-1] == edges[-2]:
+            edges[-1] += 1
+    return np.array(edges[:-1]), np.array(edges[1:])
+
+
+def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_size=512, max_books=None,
+                 progress=None):
+    """Evaluate every book of `split` (a data.TokenSplit) up to max_len tokens; returns a LengthCurve.
+    Books shorter than max_len contribute to the buckets they reach."""
+    lo, hi = log_buckets(max_len)
+    per_book = []
+    starts = split.doc_starts
+    n_books = len(starts) - 1 if max_books is None else min(max_books, len(starts) - 1)
+    for b in range(n_books):
+        doc = split.tokens[starts[b]:min(starts[b + 1], starts[b] + max_len)]
+        losses = position_losses(params, cfg, doc, chunk_size)
+        means = [losses[l:h].mean() if h <= len(losses) else np.nan for l, h in zip(lo, hi)]
+        per_book.append(means)
+        if progress:
+            progress(b + 1, n_books)
+    table = np.array(per_book)                                               # (books, K)
+    reached = np.sum(~np.isnan(table), axis=0)
+    keep = reached > 0
+    mean = np.nanmean(table[:, keep], axis=0)
+    spread = np.nanstd(table[:, keep], axis=0)
+    return LengthCurve(name, train_len, lo[keep], hi[keep], mean, spread, int(reached[keep].min()))
+
+
+def write_csv(curve, path):
+    """One row per bucket: first position, last position, mean loss, spread, books."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["position_from", "position_to", "mean_loss", "spread_over_books", "books"])
+        for l, h, m, s in zip(curve.bucket_lo, curve.bucket_hi, curve.mean, curve.spread):
+            writer.writerow([int(l), int(h) - 1, f"{m:.5f}", f"{s:.5f}", curve.books])
+    return Path(path)
+
+
+def read_csv(path, name=None, train_len=0):
+    rows = list(csv.DictReader(open(path)))
+    return LengthCurve(name or Path(path).stem, train_len,
+                       np.array([int(r["position_from"]) for r in rows]),
+                       np.array([int(r["position_to"]) + 1 for r in rows]),
+                       np.array([float(r["mean_loss"]) for r in rows]),
+                       np.array([float(r["spread_over_books"]) for r in rows]), int(rows[0]["books"]))
+
+
+def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)"):
+    """Several runs on one figure: log-scaled positions, the spread as a band, training lengths marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    marked = set()
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        centre = np.sqrt(np.maximum(c.bucket_lo, 1) * c.bucket_hi)
+        ax.plot(centre, c.mean, "o-", color=color, ms=3, label=c.name)
+        ax.fill_between(centre, c.mean - c.spread, c.mean + c.spread, color=color, alpha=0.12)
+        if c.train_len and c.train_len not in marked:
+            ax.axvline(c.train_len, color="gray", ls="--", lw=1)
+            ax.text(c.train_len, ax.get_ylim()[1], f" trained at {c.train_len}", rotation=90, va="top",
+                    fontsize=8, color="gray")
+            marked.add(c.train_len)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token position in the document (bytes)")
+    ax.set_ylabel("cross-entropy (nats per byte)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def markdown_table(curves, positions):
+    """Mean loss of each run at the buckets containing the given positions, as a Markdown table."""
+    header = "| run | " + " | ".join(f"pos {p}" for p in positions) + " |"
+    lines = [header, "|---|" + "---|" * len(positions)]
+    for c in curves:
+        cells = []
+        for p in positions:
+            idx = np.nonzero((c.bucket_lo <= p) & (p < c.bucket_hi))[0]
+            cells.append(f"{c.mean[idx[0]]:.3f}" if len(idx) else "-")
+        lines.append(f"| {c.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bucket_summary(curve):
+    """A short human-readable summary: loss in the first and the last bucket."""
+    return (f"{curve.name}: {curve.mean[0]:.3f} at positions {curve.bucket_lo[0]}-{curve.bucket_hi[0] - 1}, "
+            f"{curve.mean[-1]:.3f} at {curve.bucket_lo[-1]}-{curve.bucket_hi[-1] - 1} ({curve.books} books)")
+
+
+__all__ = ["LengthCurve", "position_losses", "log_buckets", "length_curve", "write_csv", "read_csv",
+           "plot_curves", "markdown_table", "bucket_summary"]

@@ -1,0 +1,125 @@
+"""The paper's long-context study (Griffin §6.1, Figure 5) at laptop scale: `minigriffin experiment`.
+
+    minigriffin experiment extrapolation --preset laptop                      # left panel of Figure 5
+    minigriffin experiment extrapolation --preset laptop --study train-length # right panel
+
+extrapolation: Hawk, Griffin (window L/2) and the MQA Transformer with RoPE are trained at the same length L
+on the books with the same token budget, then evaluated on the validation books, each book one document,
+up to 8L. train-length: Hawk and Griffin trained at L and at 4L with the same number of tokens and steps
+(batch divided by 4), evaluated up to 16L. Outputs (in --out): one CSV per model and study, a figure and a
+Markdown table per study, and <study>.json with the command, seed, commit, wall time and machine. Both
+studies share --out by default, so the second reuses the models at length L that the first trained (a run
+whose checkpoint is complete is not trained again).
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minigriffin.config import GriffinConfig, TrainConfig, block_pattern
+from minigriffin.evaluate import length_curve, markdown_table, plot_curves, write_csv
+
+# name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
+PRESETS = {
+    "laptop": dict(width=128, depth=4, heads=2, lru_width=128, mlp=384, L=128, batch=16, steps=800, lr=3e-3),
+    "tiny": dict(width=16, depth=3, heads=2, lru_width=16, mlp=48, L=16, batch=2, steps=3, lr=3e-3),   # tests
+}
+
+
+def model_config(family, p, train_len):
+    """Hawk / Griffin (window L/2) / MQA (global: window >= every position it will see)."""
+    window = {"hawk": 1, "griffin": max(1, p["L"] // 2), "mqa": train_len}[family]
+    return GriffinConfig(width=p["width"], mlp_expanded_width=p["mlp"], num_heads=p["heads"],
+                         lru_width=p["lru_width"], block_types=block_pattern(family, p["depth"]),
+                         attention_window_size=window)
+
+
+def runs_for(study, p):
+    """(label, family, train length, batch size) for each model of a study."""
+    L, batch = p["L"], p["batch"]
+    if study == "extrapolation":
+        return [(f"{f}-L{L}", f, L, batch) for f in ("hawk", "griffin", "mqa")]
+    if study == "train-length":
+        return [(f"{f}-L{n}", f, n, b) for f in ("hawk", "griffin") for n, b in ((L, batch), (4 * L, max(1, batch // 4)))]
+    raise ValueError(f"unknown study {study!r}; choose extrapolation or train-length")
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print):
+    """Train, evaluate and report one study. Returns the results dict written to out_dir/results.json."""
+    from minigriffin.data import load_corpus
+    from minigriffin.train import Trainer
+    p = PRESETS[preset]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(data_dir)
+    runs = runs_for(study, p)
+    eval_len = (8 if study == "extrapolation" else 16) * p["L"]
+    total_steps = p["steps"] * len(runs)
+    log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step; "
+        f"evaluation up to {eval_len} tokens on {len(corpus.valid.doc_starts) - 1} validation books")
+    start, done_steps, curves, trained = time.perf_counter(), 0, [], []
+    for label, family, train_len, batch in runs:
+        run_dir = out_dir / "runs" / label
+        cfg = model_config(family, p, train_len)
+        tcfg = TrainConfig(batch_size=batch, seq_len=train_len, max_steps=p["steps"], lr=p["lr"],
+                           min_lr=p["lr"] / 10, warmup_steps=max(1, p["steps"] // 20), eval_every=p["steps"],
+                           checkpoint_every=p["steps"], eval_batches=2, seed=seed)
+        if (run_dir / "checkpoints" / "last.npz").exists():
+            trainer = Trainer.resume(run_dir, lambda _: corpus)
+            log(f"[{label}] continuing from step {trainer.step}")
+        else:
+            trainer = Trainer(run_dir, cfg, tcfg, data_dir, corpus)
+            trainer.start_fresh()
+        t0 = time.perf_counter()
+
+        def progress_log(msg, **_):
+            elapsed = time.perf_counter() - start
+            steps_now = done_steps + trainer.step
+            eta = elapsed / max(1, steps_now) * (total_steps - steps_now)
+            log(f"[{label}] {msg} | study ETA {eta / 60:.1f} min", flush=True)
+
+        summary = trainer.run(log=progress_log)
+        done_steps += p["steps"]
+        log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
+            f"validation {summary['best_val_loss']:.3f}")
+        # A global-attention model must see every earlier token of the document: widen its window.
+        eval_cfg = dataclasses.replace(trainer.model_cfg, attention_window_size=eval_len) if family == "mqa" \
+            else trainer.model_cfg
+        curve = length_curve(trainer.params, eval_cfg, corpus.valid, eval_len, name=label, train_len=train_len)
+        write_csv(curve, out_dir / f"{study}-{label}.csv")
+        curves.append(curve)
+        trained.append({"label": label, "family": family, "train_len": train_len, "batch_size": batch,
+                        "steps": p["steps"], "final_train_loss": summary["last_loss"],
+                        "val_loss": summary["best_val_loss"], "window": cfg.attention_window_size})
+    figure = plot_curves(curves, out_dir / f"{study}.png",
+                         title=f"{study}: loss per position on held-out books ({preset} preset)")
+    positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}
+                       | ({16 * p["L"] - 2} if study == "train-length" else set()))
+    table = markdown_table(curves, positions)
+    (out_dir / f"{study}.md").write_text(table + "\n")
+    from minigriffin.data import unigram_entropy
+    results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": _commit(),
+               "command": " ".join(["minigriffin", *sys.argv[1:]]) if sys.argv else "",
+               "wall_time_s": round(time.perf_counter() - start, 1), "models": trained,
+               "eval_len": eval_len, "unigram_entropy_valid": unigram_entropy(corpus.valid),
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"Python {platform.python_version()}, numpy {np.__version__}",
+               "figure": figure.name, "table": table}
+    (out_dir / f"{study}.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"\n{table}\n\nfigure: {figure}\nwall time {results['wall_time_s'] / 60:.1f} min")
+    return results

@@ -1,0 +1,215 @@
+"""The training loop: `minigriffin train` (see cli.py). It never loses work.
+
+    run_dir/config.json          the resolved model and training configuration
+    run_dir/metrics.jsonl        one JSON object per step (loss, lr, grad norm, tokens/s; val_loss when measured)
+    run_dir/checkpoints/last.npz every checkpoint_every steps and at the end (atomic, minigriffin.checkpoint)
+    run_dir/checkpoints/best.npz whenever the validation loss improves
+    run_dir/crash_step<N>.npz    a snapshot when a loss or gradient goes non-finite (last.npz is left alone)
+
+Resuming restores the parameters, AdamW's moments, the step, the data sampler's RNG state and the best
+validation loss, so N steps in one go and N/2 + kill + resume + N/2 give bit-identical parameters (with the
+reference scan and one thread; multithreaded reductions may round differently run to run).
+Ctrl-C finishes the current step, saves, prints the resume command and exits with 130; a second Ctrl-C stops
+at once.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minigriffin.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
+from minigriffin.gradcheck import tree_leaves
+from minigriffin.head import cross_entropy_backward, cross_entropy_forward
+from minigriffin.model import model_backward, model_forward
+from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
+from minigriffin.params import init_params
+
+EXIT_INTERRUPTED = 130
+
+
+def loss_and_grads(params, batch, cfg):
+    """Mean cross-entropy over unmasked positions of a batch, and its gradient for every parameter."""
+    logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg)
+    loss, ce_cache = cross_entropy_forward(logits, batch.targets, batch.mask)
+    return loss, model_backward(cross_entropy_backward(1.0, ce_cache), cache)
+
+
+def evaluate(params, batches, cfg):
+    """Mean validation loss over a fixed list of batches (weighted by counted positions)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        logits, _ = model_forward(params, batch.tokens, batch.segment_pos, cfg)
+        loss, _ = cross_entropy_forward(logits, batch.targets, batch.mask)
+        n = int(batch.mask.sum())
+        total, count = total + loss * n, count + n
+    return total / count
+
+
+def first_non_finite(grads):
+    """Dotted path of the first gradient holding NaN or inf, or None."""
+    for path, g in tree_leaves(grads):
+        if not np.all(np.isfinite(g)):
+            return path
+    return None
+
+
+class _Interrupt:
+    """SIGINT handler for the loop only: the first Ctrl-C asks to stop after this step, the second stops now."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+class Trainer:
+    """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
+
+    def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus):
+        self.run_dir = Path(run_dir)
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.data_dir = str(data_dir)
+        self.corpus = corpus
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.best_val = math.inf
+        self.last_finite_loss = None
+        self.step = 0
+        self.params = self.opt_state = self.data_rng = None
+
+    # ------------------------------------------------------------------------------------ state in/out
+    def start_fresh(self):
+        if (self.ckpt_dir / "last.npz").exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
+                                  f"or choose another --run-dir")
+        init_rng, data_seed = np.random.default_rng(self.train_cfg.seed), self.train_cfg.seed + 1
+        self.params = init_params(self.model_cfg, init_rng)
+        self.opt_state = adamw_init(self.params)
+        self.data_rng = np.random.default_rng(data_seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = {"model": config_to_dict(self.model_cfg), "train": self.train_cfg.__dict__ | {},
+                  "data_dir": self.data_dir}
+        (self.run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def meta(self):
+        return {"step": self.step, "model_config": config_to_dict(self.model_cfg),
+                "train_config": dict(self.train_cfg.__dict__), "data_dir": self.data_dir,
+                "data_rng_state": self.data_rng.bit_generator.state, "best_val_loss": self.best_val,
+                "last_finite_loss": self.last_finite_loss}
+
+    def save(self, name):
+        return save_checkpoint(self.ckpt_dir / name, params=self.params, adam_m=self.opt_state.m,
+                               adam_v=self.opt_state.v, meta=self.meta())
+
+    @classmethod
+    def resume(cls, run_dir, corpus_loader, max_steps=None):
+        """Continue the run in run_dir from checkpoints/last.npz (architecture and settings come from it)."""
+        params, m, v, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "last.npz")
+        model_cfg = config_from_dict(meta["model_config"])
+        train_dict = dict(meta["train_config"])
+        if max_steps is not None:
+            train_dict["max_steps"] = max_steps
+        train_cfg = TrainConfig(**train_dict)
+        trainer = cls(run_dir, model_cfg, train_cfg, meta["data_dir"], corpus_loader(meta["data_dir"]))
+        trainer.params, trainer.step = params, int(meta["step"])
+        trainer.opt_state = AdamWState(trainer.step, m, v)
+        trainer.data_rng = np.random.default_rng()
+        trainer.data_rng.bit_generator.state = meta["data_rng_state"]
+        trainer.best_val = float(meta["best_val_loss"])
+        trainer.last_finite_loss = meta.get("last_finite_loss")
+        return trainer
+
+    # ------------------------------------------------------------------------------------------- loop
+    def crash(self, loss, grads, lr):
+        """Save a separate snapshot (never last.npz) and raise, naming the step and the first bad gradient."""
+        bad = first_non_finite(grads)
+        snapshot = save_checkpoint(self.run_dir / f"crash_step{self.step + 1}.npz", params=self.params,
+                                   adam_m=self.opt_state.m, adam_v=self.opt_state.v, meta=self.meta())
+        where = f"first non-finite gradient: {bad}" if bad else f"loss is {loss}"
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {self.step + 1} (lr {lr:.3g}, last finite loss "
+            f"{self.last_finite_loss}); {where}. Parameters before this step are in {snapshot}; the last good "
+            f"checkpoint is untouched. Try a lower --lr, --grad_clip=1.0, or --dtype=float64 to debug.")
+
+    def train_step(self, batch):
+        """One optimisation step; returns (loss, grad norm before clipping, lr)."""
+        tc = self.train_cfg
+        loss, grads = loss_and_grads(self.params, batch, self.model_cfg)
+        lr = lr_schedule(self.step + 1, lr=tc.lr, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps,
+                         min_lr=tc.min_lr)
+        norm = clip_by_global_norm(grads, tc.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.crash(loss, grads, lr)
+        self.opt_state = adamw_update(self.params, grads, self.opt_state, lr=lr, beta1=tc.beta1, beta2=tc.beta2,
+                                      eps=tc.eps, weight_decay=tc.weight_decay)
+        self.step += 1
+        self.last_finite_loss = loss
+        return loss, norm, lr
+
+    def run(self, progress=None, log=print):
+        """Train until max_steps (or Ctrl-C). Returns a summary dict. progress: a tqdm-like factory or None."""
+        from minigriffin.data import eval_batches, sample_batch
+        tc = self.train_cfg
+        val_batches = eval_batches(self.corpus.valid, tc.batch_size, tc.seq_len, tc.eval_batches, seed=tc.seed)
+        tokens_per_step = tc.batch_size * tc.seq_len
+        metrics = open(self.run_dir / "metrics.jsonl", "a")
+        bar = progress(total=tc.max_steps, initial=self.step, unit="step") if progress else None
+        start, start_step, interrupted = time.perf_counter(), self.step, False
+        pause = float(os.environ.get("MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT", "0"))   # used by the kill test
+        try:
+            with _Interrupt() as interrupt:
+                while self.step < tc.max_steps:
+                    batch = sample_batch(self.corpus.train, tc.batch_size, tc.seq_len, self.data_rng)
+                    loss, norm, lr = self.train_step(batch)
+                    elapsed = time.perf_counter() - start
+                    rate = tokens_per_step * (self.step - start_step) / elapsed
+                    record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
+                              "tokens_per_s": rate, "elapsed_s": elapsed}
+                    if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                        record["val_loss"] = evaluate(self.params, val_batches, self.model_cfg)
+                        if record["val_loss"] < self.best_val:
+                            self.best_val = record["val_loss"]
+                            self.save("best.npz")
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    eta = (tc.max_steps - self.step) * elapsed / max(1, self.step - start_step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+                    elif self.step % tc.log_every == 0 or self.step == tc.max_steps or "val_loss" in record:
+                        val = f" val {record['val_loss']:.4f}" if "val_loss" in record else ""
+                        log(f"step {self.step}/{tc.max_steps} loss {loss:.4f}{val} lr {lr:.2e} "
+                            f"{rate:,.0f} tok/s ETA {eta / 60:.1f} min", flush=True)
+                    if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps or interrupt.requested:
+                        self.save("last.npz")
+                        if pause:
+                            time.sleep(pause)
+                    if interrupt.requested:
+                        interrupted = True
+                        break
+        finally:
+            metrics.close()
+            if bar is not None:
+                bar.close()
+        return {"step": self.step, "interrupted": interrupted, "best_val_loss": self.best_val,
+                "last_loss": self.last_finite_loss, "run_dir": str(self.run_dir)}

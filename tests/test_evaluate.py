@@ -1,0 +1,62 @@
+"""Long-context evaluation (eval-length) and the experiment commands, at tiny sizes, end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minigriffin.cli import main
+from minigriffin.config import make_config
+from minigriffin.evaluate import log_buckets, position_losses
+from minigriffin.head import cross_entropy_forward
+from minigriffin.model import model_forward
+from minigriffin.params import init_params
+
+
+@pytest.mark.parametrize("preset", ["hawk-tiny", "griffin-tiny", "mqa-tiny"])
+@pytest.mark.parametrize("chunk", [1, 7, 16, 100])
+def test_chunked_losses_equal_one_full_forward(preset, chunk):
+    """Per-position losses computed chunk by chunk with carried state == one forward over the whole document
+    (float64, rtol 1e-10)."""
+    cfg = make_config(preset, dtype="float64")
+    params = init_params(cfg, np.random.default_rng(0))
+    tokens = np.random.default_rng(1).integers(0, 256, 41)
+    chunked = position_losses(params, cfg, tokens, chunk_size=chunk)
+    logits, _ = model_forward(params, tokens[None, :-1], np.arange(40)[None], cfg)
+    shifted = logits[0] - logits[0].max(axis=-1, keepdims=True)
+    full = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(40), tokens[1:]]
+    np.testing.assert_allclose(chunked, full, rtol=1e-10, atol=1e-12)        # float64
+    mean, _ = cross_entropy_forward(logits, tokens[None, 1:])
+    assert abs(chunked.mean() - mean) < 1e-10                                # float64
+
+
+def test_log_buckets_cover_every_position():
+    lo, hi = log_buckets(1000)
+    assert lo[0] == 0 and hi[-1] == 999 and np.all(lo[1:] == hi[:-1]) and np.all(hi > lo)
+
+
+def test_eval_length_command(books_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "griffin-tiny", "--data-dir", str(books_dir), "--run-dir", str(run),
+                 "--batch_size=2", "--seq_len=16", "--max_steps=2", "--eval_batches=1", "--no-progress"]) == 0
+    assert main(["eval-length", str(run), "--data-dir", str(books_dir), "--max-len", "100",
+                 "--chunk-size", "32"]) == 0
+    rows = (run / "run-length.csv").read_text().splitlines()
+    assert rows[0].startswith("position_from,position_to,mean_loss,spread_over_books,books")
+    assert len(rows) > 4 and (run / "length.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("study", ["extrapolation", "train-length"])
+def test_experiment_commands_end_to_end(books_dir, tmp_path, study):
+    out = tmp_path / "exp"
+    assert main(["experiment", "extrapolation", "--study", study, "--preset", "tiny", "--data-dir", str(books_dir),
+                 "--out", str(out)]) == 0
+    results = json.loads((out / f"{study}.json").read_text())
+    labels = {m["label"] for m in results["models"]}
+    expected = {"hawk-L16", "griffin-L16", "mqa-L16"} if study == "extrapolation" else \
+        {"hawk-L16", "griffin-L16", "hawk-L64", "griffin-L64"}
+    assert labels == expected
+    assert results["eval_len"] == (8 if study == "extrapolation" else 16) * 16
+    assert (out / f"{study}.png").exists() and "| run |" in (out / f"{study}.md").read_text()
+    for label in labels:
+        assert (out / f"{study}-{label}.csv").exists()
