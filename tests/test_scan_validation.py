@@ -128,13 +128,6 @@ def test_unknown_backend_lists_the_choices():
         linear_scan(x, a, backend="fast")
 
 
-def test_cupy_slot_says_it_is_not_there_yet():
-    x, a = _inputs()
-    assert "cupy" not in available_backends()
-    with pytest.raises(BackendUnavailable, match=r"'cupy' is not implemented.*minigriffin\[gpu\]"):
-        linear_scan(x, a, backend="cupy")
-
-
 def test_missing_numba_is_an_error_not_a_silent_fallback(monkeypatch):
     """If numba is missing, 'auto' must raise with the install command, not quietly run the slow reference."""
     real_find_spec = importlib.util.find_spec

@@ -25,8 +25,8 @@ _REGISTRY = {
     "reference": ("minigriffin.scan.reference", "numpy", "pip install numpy"),
     "blelloch": ("minigriffin.scan.blelloch", "numpy", "pip install numpy"),
     "numba": ("minigriffin.scan.numba_cpu", "numba", "pip install numba"),
-    # The GPU slot: a CuPy RawKernel backend arrives with the GPU issue.
-    "cupy": (None, "cupy", 'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'),
+    "cupy": ("minigriffin.scan.cupy_gpu", "cupy",
+             'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'),
 }
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -36,13 +36,21 @@ class BackendUnavailable(RuntimeError):
 
 
 def _unavailable_reason(name):
-    """Why backend `name` cannot run here, or None when it can. Does not import the backend."""
+    """Why backend `name` cannot run here, or None when it can.
+
+    Does not import the backend, except cupy's once its package is installed: it asks the driver (once per
+    process, cached) whether a usable GPU is there.
+    """
     module, needs, install = _REGISTRY[name]
     if module is None:
         return (f"scan backend {name!r} is not implemented in this version of minigriffin "
                 f"(it will need: {install})")
     if importlib.util.find_spec(needs) is None:
         return f"scan backend {name!r} needs the {needs!r} package, which is not installed: {install}"
+    if name == "cupy":
+        reason = importlib.import_module(module).unavailable_reason()   # no device, driver too old, ...
+        if reason is not None:
+            return f"scan backend {name!r} cannot run here: {reason}"
     return None
 
 

@@ -1,0 +1,125 @@
+"""CuPy GPU linear scan: the CUDA kernels of minigriffin/kernels/scan.cu behind the backend interface.
+
+The kernels are compiled by NVRTC through `cupy.RawModule` on the first call (never at import), once per
+device and process; CuPy also caches the binary on disk (~/.cupy/kernel_cache, or CUPY_CACHE_DIR).
+Which kernels run, with which sizes and strides, is decided by `minigriffin.kernels.run_scan`, the same
+code the CPU tests drive through the host shim (docs/gpu.md):
+  - many channels (B * D fills the device): one thread per channel walks time, coalesced across channels;
+  - few channels, long sequences: time is split into chunks (chunk-local scan, scan of the chunk carries,
+    fix-up), three launches.
+Time-slice views such as a[:, 1:] (what the generic backward passes) are read and written in place; any
+other layout is copied to a contiguous array first, because a RawKernel sees only a data pointer.
+Every scalar argument is an exact np.int32 / np.int64 (CuPy checks neither types nor count).
+The kernels are compiled with --fmad=false: each step is the reference's multiply-then-add, not an FMA.
+
+NumPy inputs (backend="cupy" asked for explicitly on host arrays) are copied to the device and the result
+copied back, which is slow; backend="auto" only picks this backend for CuPy arrays.
+
+Status: written and tested without a GPU (compiled with nvcc for sm_80/sm_90, run on the CPU through the
+host shim). On-device correctness and performance have NOT been checked (docs/gpu.md).
+"""
+
+import functools
+
+import numpy as np
+
+from minigriffin import kernels
+from minigriffin.scan import BackendUnavailable
+
+INSTALL = 'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'
+NVRTC_OPTIONS = ("--fmad=false",)
+
+try:
+    import cupy
+except Exception as err:  # ImportError, or a CuPy wheel that cannot load its CUDA libraries
+    cupy = None
+    _IMPORT_ERROR = f"{type(err).__name__}: {err}"
+else:
+    _IMPORT_ERROR = None
+
+# cudaError_t values that name a cause (CUDA runtime API).
+_INSUFFICIENT_DRIVER = 35
+_NO_DEVICE = 100
+
+
+def _cuda_version(v):
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+@functools.cache
+def unavailable_reason():
+    """Why this backend cannot run here (CuPy unusable, no device, driver too old), or None. Asked once."""
+    if cupy is None:
+        return (f"CuPy is installed but cannot be imported ({_IMPORT_ERROR}); install the wheel that "
+                f"matches your CUDA: {INSTALL}")
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as err:
+        status = getattr(err, "status", None)
+        if status == _INSUFFICIENT_DRIVER:
+            return (f"no usable GPU: the NVIDIA driver is missing or too old for this CuPy's CUDA ({err}); "
+                    f"install or update the driver, or the CuPy wheel for your driver's CUDA: {INSTALL}")
+        if status == _NO_DEVICE:
+            return f"no usable GPU: no CUDA device found ({err}); check CUDA_VISIBLE_DEVICES"
+        return f"no usable GPU: CUDA failed to start ({err})"
+    if count == 0:
+        return "no usable GPU: no CUDA device found; check CUDA_VISIBLE_DEVICES"
+    driver, built = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    if driver // 1000 < built // 1000:
+        return (f"the NVIDIA driver is too old: it supports CUDA {_cuda_version(driver)}, this CuPy needs "
+                f"CUDA {_cuda_version(built)}; update the driver or install the CuPy wheel for CUDA "
+                f"{driver // 1000}: {INSTALL}")
+    return None
+
+
+def _require_gpu():
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(f"scan backend 'cupy' cannot run here: {reason}")
+
+
+@functools.cache
+def _module(device_id):
+    """The compiled scan.cu for one device (compiled by NVRTC when the first function is fetched)."""
+    return cupy.RawModule(code=kernels.read_source(), options=NVRTC_OPTIONS)
+
+
+@functools.cache
+def _function(device_id, name):
+    try:
+        return _module(device_id).get_function(name)
+    except cupy.cuda.driver.CUDADriverError as err:
+        if "PTX" in str(err) or "NO_BINARY" in str(err):   # e.g. CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            raise BackendUnavailable(f"scan backend 'cupy' cannot load its kernels: the NVIDIA driver is too "
+                                     f"old for the code NVRTC produced ({err}); update the driver or install "
+                                     f"the CuPy wheel for your driver's CUDA: {INSTALL}") from err
+        raise
+
+
+@functools.cache
+def capacity(device_id):
+    """Threads the device keeps resident: SMs x threads per SM (the strategy choice's yardstick)."""
+    attrs = cupy.cuda.Device(device_id).attributes
+    return attrs["MultiProcessorCount"] * attrs["MaxThreadsPerMultiProcessor"]
+
+
+def launcher(device_id):
+    """launch(name, grid, block, args) for kernels.run_scan: runs a scan.cu kernel on device `device_id`."""
+    def launch(name, grid, block, args):
+        _function(device_id, name)((grid,), (block,), args)
+    return launch
+
+
+def scan(x, a, h0, reverse, out):
+    """Write the scan of x with multipliers a, starting from h0, into out (same contract as reference.scan)."""
+    _require_gpu()
+    if isinstance(x, np.ndarray):        # explicit backend="cupy" on host arrays: round trip through the GPU
+        h = cupy.empty(out.shape, dtype=out.dtype)
+        scan(*(cupy.asarray(np.ascontiguousarray(arr)) for arr in (x, a, h0)), reverse, h)
+        out[...] = h.get()
+        return out
+    device_id = x.device.id
+    with x.device:
+        kernels.run_scan(x, a, h0, bool(reverse), out, launch=launcher(device_id), capacity=capacity(device_id))
+    return out
