@@ -9,7 +9,7 @@ At a document start (segment_pos == 0) the state is dropped (a_t = 0) and the in
 (multiplier 1). a^2 is computed as exp(2 log a), and the derivative of the sqrt is capped at 1000, both as in
 recurrentgemma. The gates read the layer's input (the Conv1D output), never h. The scan runs through
 minigriffin.scan.linear_scan; its backward is the reverse scan derived in docs/scan.md. Derivation of the
-rest: docs/backprop.md. Notebook: notebooks/02_rglru.
+rest: docs/backprop.md.
 """
 
 from typing import NamedTuple
@@ -72,7 +72,7 @@ class RGLRUCache(NamedTuple):
     a_square: object          # (B, T, E) exp(2 log a_t)
     multiplier: object        # (B, T, E) sqrt(1 - a^2), 1 at resets
     a_scan: object            # (B, T, E) a_t with resets zeroed: the scan's multipliers
-    h: object                 # (B, T, E) scan output (float32 at least)
+    h: object                 # (B, T, E) scan output
     h0: object                # (B, E) or None
     softplus_a_param: object  # (E,)
     a_param: object           # (E,)
@@ -82,7 +82,8 @@ class RGLRUCache(NamedTuple):
 def rglru_forward(x, p, segment_pos, *, h0=None, backend="auto"):
     """RG-LRU over a sequence (Griffin eqs. 1-4). x: (B, T, E); segment_pos: (B, T);
     p: {"a_param": (E,), "input_gate": {"w", "b"}, "a_gate": {"w", "b"}}; h0: (B, E) or None.
-    Returns y: (B, T, E), h_last: (B, E), cache. The scan accumulates in float32 or wider."""
+    Returns y: (B, T, E), h_last: (B, E), cache. The scan accumulates in the input dtype, which is float32
+    or float64 (recurrentgemma accumulates in float32 even for bfloat16 activations; we have no bfloat16)."""
     xp = array_namespace(x)
     reset = (segment_pos == 0)[..., None]                               # (B, T, 1)
     pre_x, gate_x_cache = block_diagonal_forward(x, p["input_gate"])    # (B, T, E)
@@ -123,7 +124,8 @@ def rglru_backward(dy, dh_last, cache):
     # log_a = -C * gate_a * softplus(a_param)
     dgate_a = -C * c.softplus_a_param * dlog_a
     E = dy.shape[-1]
-    sigmoid_a_param = sigmoid(c.a_param)                                # d softplus / dx = sigmoid
+    # d softplus / dx = sigmoid(x), and 1 on softplus's linear branch above 20 (as torch)
+    sigmoid_a_param = xp.where(c.a_param > 20.0, 1.0, sigmoid(c.a_param))
     da_param = (-C * c.gate_a * dlog_a).reshape(-1, E).sum(axis=0) * sigmoid_a_param
     # gated_x = x * gate_x
     dgate_x = dgated_x * c.x
