@@ -51,6 +51,18 @@ def runs_for(study, p):
     raise ValueError(f"unknown study {study!r}; choose extrapolation or train-length")
 
 
+def _saved_step(run_dir):
+    """Step of the run's last checkpoint, or 0 when there is none."""
+    from minigriffin.checkpoint import CheckpointError, load_checkpoint
+    path = Path(run_dir) / "checkpoints" / "last.npz"
+    if not path.exists():
+        return 0
+    try:
+        return int(load_checkpoint(path)[3]["step"])
+    except (CheckpointError, KeyError, ValueError, json.JSONDecodeError):
+        return 0
+
+
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -69,10 +81,11 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print):
     corpus = load_corpus(data_dir)
     runs = runs_for(study, p)
     eval_len = (8 if study == "extrapolation" else 16) * p["L"]
-    total_steps = p["steps"] * len(runs)
     log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step; "
         f"evaluation up to {eval_len} tokens on {len(corpus.valid.doc_starts) - 1} validation books")
     start, done_steps, curves, trained = time.perf_counter(), 0, [], []
+    # Steps this process has to train (runs already complete in out_dir are reused, not retrained).
+    total_steps = sum(p["steps"] - _saved_step(out_dir / "runs" / r[0]) for r in runs)
     for label, family, train_len, batch in runs:
         run_dir = out_dir / "runs" / label
         cfg = model_config(family, p, train_len)
@@ -85,16 +98,16 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print):
         else:
             trainer = Trainer(run_dir, cfg, tcfg, data_dir, corpus)
             trainer.start_fresh()
-        t0 = time.perf_counter()
+        t0, first_step = time.perf_counter(), trainer.step
 
         def progress_log(msg, **_):
             elapsed = time.perf_counter() - start
-            steps_now = done_steps + trainer.step
+            steps_now = done_steps + trainer.step - first_step
             eta = elapsed / max(1, steps_now) * (total_steps - steps_now)
             log(f"[{label}] {msg} | study ETA {eta / 60:.1f} min", flush=True)
 
         summary = trainer.run(log=progress_log)
-        done_steps += p["steps"]
+        done_steps += trainer.step - first_step
         log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
             f"validation {summary['best_val_loss']:.3f}")
         # A global-attention model must see every earlier token of the document: widen its window.

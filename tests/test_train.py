@@ -161,3 +161,27 @@ def test_non_finite_gradient_stops_with_a_snapshot(books_dir, tmp_path, monkeypa
     assert "step 6" in message and "blocks.1.recurrent_block.rg_lru.a_param" in message
     assert (run / "crash_step6.npz").exists()
     assert _params(run)[1]["step"] == 4
+
+
+def test_second_ctrl_c_stops_at_once(books_dir, tmp_path):
+    """The first Ctrl-C asks for a clean stop after the step; a second one, right after, does not wait for it."""
+    run = tmp_path / "run"
+    # griffin-small at 8 x 256 takes about a second a step, so the second Ctrl-C lands inside the step.
+    proc = subprocess.Popen(_train_cmd(books_dir, run, 100000, "--log_every=1", "--checkpoint_every=100000",
+                                       "--eval_every=100000", "--preset", "griffin-small", "--batch_size=8",
+                                       "--seq_len=256"), env=_exact_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Ctrl-C again to stop at once" in out
+    assert proc.returncode not in (0, 130), (proc.returncode, out)   # stopped by the interrupt, not cleanly
+    assert "resume with" not in out                        # it did not wait to save

@@ -1,0 +1,188 @@
+"""Decode-step cost against context length (Griffin §5.1, Figure 4): milliseconds per generated token and cache
+bytes per sequence, for Hawk, Griffin and the MQA baseline of the small presets, minigriffin beside
+recurrentgemma's PyTorch model on the same config.
+
+    python benchmarks/bench_decode.py                  # contexts 256, 1k, 4k, 16k; batch 1 and 8
+    python benchmarks/bench_decode.py --contexts 256,1024 --steps 5
+
+The cost of a decode step depends on the size of the cache, not on what is in it, so each measurement starts
+from a cache of the given context length filled with random keys, values and states (no 16k-token prefill).
+Griffin's window (128) and Hawk's state are fixed, so their caches do not grow; the MQA baseline attends
+globally, so its window is set to the context and it keeps every key. Each implementation runs in its own
+child process (thread pools spin after their work); the time is the median of --steps steps after 3 warm-up
+steps, with 2 threads. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
+one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FAMILIES = ("hawk", "griffin", "mqa")
+
+
+def _cfg(family, context):
+    from minigriffin.config import PRESETS
+    cfg = PRESETS[f"{family}-small"]
+    if family == "mqa":                                   # global attention: the window is the whole context
+        cfg = dataclasses.replace(cfg, attention_window_size=context)
+    return cfg
+
+
+def _median_ms(step, steps):
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _ours(family, context, batch, steps):
+    from minigriffin.inference import AttentionState, RecurrentState, forward_chunk, init_state, state_nbytes
+    from minigriffin.params import init_params
+    cfg = _cfg(family, context)
+    params = init_params(cfg, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    state = init_state(cfg, batch)
+    blocks = []
+    for block in state.blocks:
+        if isinstance(block, AttentionState):
+            n = min(cfg.attention_window_size, context)
+            shape = (batch, n, cfg.head_dim)
+            blocks.append(AttentionState(rng.standard_normal(shape).astype(np.float32),
+                                         rng.standard_normal(shape).astype(np.float32),
+                                         np.zeros((batch, n), dtype=np.int64)))
+        else:
+            blocks.append(RecurrentState(rng.standard_normal(block.h.shape).astype(block.h.dtype),
+                                         rng.standard_normal(block.conv_x.shape).astype(block.conv_x.dtype),
+                                         np.zeros_like(block.conv_doc)))
+    state = state._replace(blocks=tuple(blocks), num_tokens=context)
+    tokens = np.zeros((batch, 1), dtype=np.int64)
+    positions = np.full((batch, 1), context, dtype=np.int64)
+    ms = _median_ms(lambda: forward_chunk(params, tokens, positions, cfg, state), steps)
+    return ms, state_nbytes(state) // batch
+
+
+def _theirs(family, context, batch, steps):
+    import torch
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from oracle_utils import torch_griffin
+
+    from minigriffin.params import init_params
+    torch.set_num_threads(2)
+    cfg = _cfg(family, context)
+    model = torch_griffin(cfg, init_params(cfg, np.random.default_rng(0)))
+    cache = model.init_cache(batch, torch.float32)
+    for name, block in cache.items():
+        if hasattr(block, "num_tokens"):
+            cache[name] = block._replace(keys=torch.randn_like(block.keys), values=torch.randn_like(block.values),
+                                         num_tokens=torch.full_like(block.num_tokens, context))
+        else:
+            cache[name] = block._replace(rg_lru_state=torch.randn_like(block.rg_lru_state),
+                                         conv1d_state=torch.randn_like(block.conv1d_state))
+    nbytes = sum(t.numel() * t.element_size() for block in cache.values() for t in block if torch.is_tensor(t))
+    tokens = torch.zeros((batch, 1), dtype=torch.int64)
+    positions = torch.full((batch, 1), context, dtype=torch.int64)
+    with torch.no_grad():
+        ms = _median_ms(lambda: model(tokens, positions, cache=cache), steps)
+    return ms, nbytes // batch
+
+
+def _child_main(args):
+    measure = _ours if args.measure == "minigriffin" else _theirs
+    rows = []
+    for context in args.contexts:
+        for batch in args.batches:
+            ms, nbytes = measure(args.family, context, batch, args.steps)
+            rows.append({"context": context, "batch": batch, "ms": ms, "cache_bytes": nbytes})
+    print(json.dumps(rows))
+
+
+def _run_child(args, impl, family):
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure", impl, "--family", family, "--steps",
+           str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches",
+           ",".join(map(str, args.batches))]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{impl} {family} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", type=ints, default=[256, 1024, 4096, 16384])
+    parser.add_argument("--batches", type=ints, default=[1, 8])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--skip-oracle", action="store_true")
+    parser.add_argument("--plot", default="docs/results/decode.png")
+    parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)
+    parser.add_argument("--family", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        return _child_main(args)
+    results = {}
+    for family in FAMILIES:
+        for impl in ("minigriffin", "recurrentgemma")[: 1 if args.skip_oracle else 2]:
+            results[(impl, family)] = _run_child(args, impl, family)
+            print(f"measured {impl} {family}", file=sys.stderr, flush=True)
+    print("| model | batch | context | minigriffin ms/token | recurrentgemma ms/token | ratio | cache bytes/sequence |")
+    print("|---|---|---|---|---|---|---|")
+    for family in FAMILIES:
+        ours = results[("minigriffin", family)]
+        theirs = results.get(("recurrentgemma", family))
+        for i, row in enumerate(ours):
+            t = theirs[i]["ms"] if theirs else float("nan")
+            print(f"| {family} | {row['batch']} | {row['context']} | {row['ms']:.2f} | {t:.2f} | "
+                  f"{row['ms'] / t:.2f} | {row['cache_bytes']:,} |")
+    print()
+    for family in ("hawk", "griffin"):
+        for batch in args.batches:
+            rows = [r for r in results[("minigriffin", family)] if r["batch"] == batch]
+            first, last = rows[0], rows[-1]
+            change = last["ms"] / first["ms"] - 1
+            print(f"{family} batch {batch}: {last['context']} vs {first['context']}: {change:+.0%} "
+                  f"(target within +-10%): {'met' if abs(change) <= 0.10 else 'MISSED'}")
+    if args.plot:
+        _plot(results, args)
+        print(f"figure: {args.plot}")
+
+
+def _plot(results, args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(args.batches), figsize=(5 * len(args.batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], args.batches):
+        for i, family in enumerate(FAMILIES):
+            for impl, style in (("minigriffin", "o-"), ("recurrentgemma", "s--")):
+                rows = [r for r in results.get((impl, family), []) if r["batch"] == batch]
+                if rows:
+                    ax.plot([r["context"] for r in rows], [r["ms"] for r in rows], style, color=f"C{i}",
+                            label=f"{family} ({impl})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens in the cache)")
+        ax.set_ylabel("ms per generated token")
+        ax.set_title(f"decode step, batch {batch}, small presets")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+    fig.savefig(args.plot, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
