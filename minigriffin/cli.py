@@ -194,7 +194,7 @@ def _eval_length(args):
             print(f"{run_dir}: global attention, so its key/value cache grows with the context")
         name = os.path.basename(os.path.normpath(run_dir))
         curve = length_curve(params, cfg, corpus.valid, args.max_len, name=name, train_len=train_len,
-                             chunk_size=args.chunk_size,
+                             chunk_size=args.chunk_size, segments_per_book=args.segments_per_book,
                              progress=lambda i, n: print(f"  {name}: book {i}/{n}", flush=True))
         csv_path = write_csv(curve, os.path.join(out, f"{name}-length.csv"))
         print(f"{bucket_summary(curve)}\n  -> {csv_path}")
@@ -263,6 +263,8 @@ def build_parser():
     evl.add_argument("--data-dir", help="books folder (its valid/ books are evaluated)")
     evl.add_argument("--max-len", type=int, required=True, help="evaluate each book up to this many tokens")
     evl.add_argument("--chunk-size", type=int, default=512, help="tokens per forward pass (state carried over)")
+    evl.add_argument("--segments-per-book", type=int, default=1,
+                     help="score up to K consecutive pieces of --max-len tokens per book, each as one document")
     evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
     evl.set_defaults(func=_eval_length)

@@ -25,8 +25,8 @@ class LengthCurve(NamedTuple):
     bucket_lo: np.ndarray     # (K,) first position of each bucket
     bucket_hi: np.ndarray     # (K,) one past the last position
     mean: np.ndarray          # (K,) mean loss over books (nats per byte)
-    spread: np.ndarray        # (K,) standard deviation over books of the per-book bucket mean
-    books: int                # number of books that reached each bucket (the minimum over buckets)
+    spread: np.ndarray        # (K,) standard deviation over documents of the per-document bucket mean
+    books: int                # number of documents that reached each bucket (the minimum over buckets)
 
 
 def position_losses(params, cfg, tokens, chunk_size=512):
@@ -59,21 +59,36 @@ def log_buckets(max_len, first=16, per_octave=2):
     return np.array(edges[:-1]), np.array(edges[1:])
 
 
-def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_size=512, max_books=None,
-                 progress=None):
-    """Evaluate every book of `split` (a data.TokenSplit) up to max_len tokens; returns a LengthCurve.
-    Books shorter than max_len contribute to the buckets they reach."""
-    lo, hi = log_buckets(max_len)
-    per_book = []
+def documents(split, max_len, segments_per_book=1, max_books=None):
+    """The token arrays to evaluate: from each book, up to `segments_per_book` consecutive, non-overlapping
+    pieces of max_len tokens, starting at the book's beginning. Each piece is scored as one document (its
+    first token is position 0); with several pieces per book the curve averages over far more text than the
+    handful of validation books alone would give, while every piece is still a long stretch of one book."""
     starts = split.doc_starts
     n_books = len(starts) - 1 if max_books is None else min(max_books, len(starts) - 1)
+    docs = []
     for b in range(n_books):
-        doc = split.tokens[starts[b]:min(starts[b + 1], starts[b] + max_len)]
+        for k in range(segments_per_book):
+            lo = starts[b] + k * max_len
+            if lo + 1 >= starts[b + 1] or (k > 0 and lo + max_len > starts[b + 1]):
+                break                       # only the first piece of a book may be shorter than max_len
+            docs.append(split.tokens[lo:min(starts[b + 1], lo + max_len)])
+    return docs
+
+
+def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_size=512, max_books=None,
+                 segments_per_book=1, progress=None):
+    """Evaluate the books of `split` (a data.TokenSplit) up to max_len tokens each (see `documents` for
+    segments_per_book); returns a LengthCurve. A document shorter than max_len counts in the buckets it reaches."""
+    lo, hi = log_buckets(max_len)
+    per_book = []
+    docs = documents(split, max_len, segments_per_book, max_books)
+    for i, doc in enumerate(docs):
         losses = position_losses(params, cfg, doc, chunk_size)
         means = [losses[l:h].mean() if h <= len(losses) else np.nan for l, h in zip(lo, hi)]
         per_book.append(means)
         if progress:
-            progress(b + 1, n_books)
+            progress(i + 1, len(docs))
     table = np.array(per_book)                                               # (books, K)
     reached = np.sum(~np.isnan(table), axis=0)
     keep = reached > 0
@@ -102,7 +117,8 @@ def read_csv(path, name=None, train_len=0):
 
 
 def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)"):
-    """Several runs on one figure: log-scaled positions, the spread as a band, training lengths marked."""
+    """Several runs on one figure: log-scaled positions, a band of +-1 standard error of the mean over
+    documents (spread / sqrt(documents)), training lengths marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -112,14 +128,15 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
         color = f"C{i % 10}"
         centre = np.sqrt(np.maximum(c.bucket_lo, 1) * c.bucket_hi)
         ax.plot(centre, c.mean, "o-", color=color, ms=3, label=c.name)
-        ax.fill_between(centre, c.mean - c.spread, c.mean + c.spread, color=color, alpha=0.12)
+        sem = c.spread / np.sqrt(max(1, c.books))
+        ax.fill_between(centre, c.mean - sem, c.mean + sem, color=color, alpha=0.15)
         if c.train_len and c.train_len not in marked:
             ax.axvline(c.train_len, color="gray", ls="--", lw=1)
             ax.text(c.train_len, ax.get_ylim()[1], f" trained at {c.train_len}", rotation=90, va="top",
                     fontsize=8, color="gray")
             marked.add(c.train_len)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("token position in the document (bytes)")
+    ax.set_xlabel("token position in the document (bytes); band: +-1 standard error over documents")
     ax.set_ylabel("cross-entropy (nats per byte)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")

@@ -60,3 +60,13 @@ def test_experiment_commands_end_to_end(books_dir, tmp_path, study):
     assert (out / f"{study}.png").exists() and "| run |" in (out / f"{study}.md").read_text()
     for label in labels:
         assert (out / f"{study}-{label}.csv").exists()
+
+
+def test_documents_are_consecutive_pieces_of_each_book():
+    from minigriffin.data import TokenSplit
+    from minigriffin.evaluate import documents
+    tokens = np.arange(100, dtype=np.uint8)
+    split = TokenSplit(tokens, np.array([0, 45, 100]), ("a", "b"))      # books of 45 and 55 tokens
+    docs = documents(split, 20, segments_per_book=3)
+    assert [(int(d[0]), len(d)) for d in docs] == [(0, 20), (20, 20), (45, 20), (65, 20)]   # no short tails
+    assert [(int(d[0]), len(d)) for d in documents(split, 50)] == [(0, 45), (45, 50)]       # one per book
