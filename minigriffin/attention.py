@@ -20,6 +20,8 @@ the same way). Default block size: Q = min(max(W, 32), 128). Q <= max(W, 32) kee
 Q >= 32 bounds the Python loop to T / 32 iterations even for tiny windows; Q <= 128 keeps the wasted
 (masked) part of each block, Q * (Q + W) scored vs Q * (W + 1) visible, small for the paper's W = 1024.
 Shape letters: docs/conventions.md (Tq, Tk: queries / keys of one block).
+
+Notebook: notebooks/03_local_attention_rope.ipynb
 """
 
 import numbers

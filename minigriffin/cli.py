@@ -206,7 +206,10 @@ def _eval_length(args):
 def _experiment(args):
     from minigriffin.experiment import run_study
     out = args.out or os.path.join("runs", f"experiment-{args.preset}")
-    run_study(args.study, args.preset, _resolve_data_dir(args.data_dir), out, seed=args.seed)
+    data_dir = _resolve_data_dir(args.data_dir)
+    command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
+               f"--data-dir {data_dir} --out {out} --seed {args.seed}")
+    run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command)
     return 0
 
 

@@ -8,6 +8,8 @@ cache grows linearly. The loss at position t is the cross-entropy of predicting 
 
 Positions are grouped into log-spaced buckets; the output is the mean loss per bucket over books and its
 spread (standard deviation of the per-book bucket means).
+
+Notebook: notebooks/06_long_context.ipynb
 """
 
 import csv
@@ -27,6 +29,7 @@ class LengthCurve(NamedTuple):
     mean: np.ndarray          # (K,) mean loss over books (nats per byte)
     spread: np.ndarray        # (K,) standard deviation over documents of the per-document bucket mean
     books: int                # number of documents that reached each bucket (the minimum over buckets)
+    # (named `books` because with one document per book, eval-length's default, the two are the same)
 
 
 def position_losses(params, cfg, tokens, chunk_size=512):
@@ -98,10 +101,10 @@ def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_siz
 
 
 def write_csv(curve, path):
-    """One row per bucket: first position, last position, mean loss, spread, books."""
+    """One row per bucket: first position, last position, mean loss, spread over documents, documents."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["position_from", "position_to", "mean_loss", "spread_over_books", "books"])
+        writer.writerow(["position_from", "position_to", "mean_loss", "spread_over_documents", "documents"])
         for l, h, m, s in zip(curve.bucket_lo, curve.bucket_hi, curve.mean, curve.spread):
             writer.writerow([int(l), int(h) - 1, f"{m:.5f}", f"{s:.5f}", curve.books])
     return Path(path)
@@ -113,16 +116,17 @@ def read_csv(path, name=None, train_len=0):
                        np.array([int(r["position_from"]) for r in rows]),
                        np.array([int(r["position_to"]) + 1 for r in rows]),
                        np.array([float(r["mean_loss"]) for r in rows]),
-                       np.array([float(r["spread_over_books"]) for r in rows]), int(rows[0]["books"]))
+                       np.array([float(r["spread_over_documents"]) for r in rows]), int(rows[0]["documents"]))
 
 
 def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)"):
     """Several runs on one figure: log-scaled positions, a band of +-1 standard error of the mean over
     documents (spread / sqrt(documents)), training lengths marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 5))          # no pyplot: never switches the backend of a notebook session
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     marked = set()
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
@@ -143,7 +147,6 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -163,7 +166,7 @@ def markdown_table(curves, positions):
 def bucket_summary(curve):
     """A short human-readable summary: loss in the first and the last bucket."""
     return (f"{curve.name}: {curve.mean[0]:.3f} at positions {curve.bucket_lo[0]}-{curve.bucket_hi[0] - 1}, "
-            f"{curve.mean[-1]:.3f} at {curve.bucket_lo[-1]}-{curve.bucket_hi[-1] - 1} ({curve.books} books)")
+            f"{curve.mean[-1]:.3f} at {curve.bucket_lo[-1]}-{curve.bucket_hi[-1] - 1} ({curve.books} documents)")
 
 
 __all__ = ["LengthCurve", "position_losses", "log_buckets", "length_curve", "write_csv", "read_csv",

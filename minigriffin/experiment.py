@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def _commit():
         return "unknown"
 
 
-def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print):
+def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""):
     """Train, evaluate and report one study. Returns the results dict written to out_dir/results.json."""
     from minigriffin.data import load_corpus
     from minigriffin.train import Trainer
@@ -130,7 +129,7 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print):
     (out_dir / f"{study}.md").write_text(table + "\n")
     from minigriffin.data import unigram_entropy
     results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": _commit(),
-               "command": " ".join(["minigriffin", *sys.argv[1:]]) if sys.argv else "",
+               "command": command,
                "wall_time_s": round(time.perf_counter() - start, 1), "models": trained,
                "eval_len": eval_len, "unigram_entropy_valid": unigram_entropy(corpus.valid),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

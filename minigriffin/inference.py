@@ -21,6 +21,8 @@ evaluated on the concatenation. Document ids continue across chunks (ModelState.
 -1 marks the Conv1D padding before the first token, which no real token ever matches.
 Unlike recurrentgemma's decode path (no Conv1D document mask with a cache, positions recovered from
 segment_pos), this stays exact when documents are packed and when a document starts inside a chunk.
+
+Notebook: notebooks/07_decoding_cost.ipynb
 """
 
 from typing import NamedTuple

@@ -7,6 +7,8 @@ griffin.Griffin.forward). Hawk, Griffin and the MQA baseline differ only in cfg.
 
 The embedding gets gradient from two places (input lookup, tied output head); they are summed here and only
 here ("accumulation in exactly one place").
+
+Notebook: notebooks/04_model.ipynb
 """
 
 from typing import NamedTuple

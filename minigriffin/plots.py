@@ -1,4 +1,5 @@
-"""Loss curves from metrics.jsonl files (`minigriffin plot`). Uses matplotlib's Agg backend: no display needed."""
+"""Loss curves from metrics.jsonl files (`minigriffin plot`). Draws on an Agg canvas: no display needed, and
+the backend of an interactive session or notebook is left alone."""
 
 import json
 from pathlib import Path
@@ -20,11 +21,12 @@ def read_metrics(run_dir):
 
 def plot_runs(run_dirs, out=None):
     """Training loss (light) and validation loss (markers) against step, one colour per run. Returns the PNG path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))          # no pyplot: never switches the backend of a notebook or GUI session
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for i, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
         color = f"C{i % 10}"
@@ -43,5 +45,4 @@ def plot_runs(run_dirs, out=None):
     out = Path(out) if out else Path(run_dirs[0]) / "loss.png"
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

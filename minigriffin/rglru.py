@@ -10,6 +10,8 @@ At a document start (segment_pos == 0) the state is dropped (a_t = 0) and the in
 recurrentgemma. The gates read the layer's input (the Conv1D output), never h. The scan runs through
 minigriffin.scan.linear_scan; its backward is the reverse scan derived in docs/scan.md. Derivation of the
 rest: docs/backprop.md.
+
+Notebook: notebooks/02_rglru.ipynb
 """
 
 from typing import NamedTuple

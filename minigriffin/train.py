@@ -11,6 +11,8 @@ validation loss, so N steps in one go and N/2 + kill + resume + N/2 give bit-ide
 reference scan and one thread; multithreaded reductions may round differently run to run).
 Ctrl-C finishes the current step, saves, prints the resume command and exits with 130; a second Ctrl-C stops
 at once.
+
+Notebook: notebooks/05_training.ipynb
 """
 
 import json

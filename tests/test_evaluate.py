@@ -42,7 +42,7 @@ def test_eval_length_command(books_dir, tmp_path, capsys):
     assert main(["eval-length", str(run), "--data-dir", str(books_dir), "--max-len", "100",
                  "--chunk-size", "32"]) == 0
     rows = (run / "run-length.csv").read_text().splitlines()
-    assert rows[0].startswith("position_from,position_to,mean_loss,spread_over_books,books")
+    assert rows[0].startswith("position_from,position_to,mean_loss,spread_over_documents,documents")
     assert len(rows) > 4 and (run / "length.png").stat().st_size > 1000
 
 

@@ -11,6 +11,8 @@ Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, lo
 `_REGISTRY`; the backward is written once, here, on top of that primitive, so every backend gets its
 backward for free. A backend may also export `multiply(p, q, out)` for the backward's one elementwise
 product (numba does, because NumPy's runs on one thread); otherwise the array library's is used. See docs/scan.md for the derivation and notebooks for the walk-through.
+
+Notebook: notebooks/01_linear_scan.ipynb
 """
 
 import importlib
