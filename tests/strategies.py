@@ -11,6 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
+from minigriffin.config import make_config
+from minigriffin.params import init_params
 from minigriffin.scan import linear_scan, linear_scan_backward
 
 # Tolerances are relative to the *error scale* of each element: the same computation run on absolute values
@@ -83,3 +85,16 @@ def backward_error_scales(case, dh, dh_last):
     h0 = None if case.h0 is None else np.abs(case.h0)
     dl = None if dh_last is None else np.abs(dh_last)
     return linear_scan_backward(np.abs(dh), dl, case.a, h_abs, h0, reverse=case.reverse, backend="reference")
+
+
+def tiny_model(case, dtype="float64", seed=0):
+    """(cfg, params, rng) for a test case {"preset": ..., **overrides}, reference scan, with non-zero norm
+    scales so every code path carries weight (init makes them 0). rng continues after the draws, for inputs."""
+    cfg = make_config(case["preset"], dtype=dtype, scan_backend="reference",
+                      **{k: v for k, v in case.items() if k != "preset"})
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, rng)
+    for block in params["blocks"]:
+        for norm in ("temporal_pre_norm", "channel_pre_norm"):
+            block[norm]["scale"] = (0.1 * rng.standard_normal(cfg.width)).astype(dtype)
+    return cfg, params, rng

@@ -9,11 +9,11 @@ T = 1 matmul sums in a different order than a T = 23 one and logits near 0 have 
 import numpy as np
 import pytest
 
-from minigriffin.config import make_config
+from strategies import tiny_model
+
 from minigriffin.inference import (AttentionState, ModelState, RecurrentState, forward_chunk, init_state,
                                    state_nbytes)
 from minigriffin.model import model_forward
-from minigriffin.params import init_params
 from minigriffin.sample import generate, sample_next
 
 T_TOTAL = 23   # prime: no chunk size in CHUNK_SIZES divides it, so the last chunk is always shorter
@@ -34,14 +34,7 @@ CHUNK_SIZES = [1, 2, 3, 5, 7]
 
 
 def _model(case, dtype="float64", seed=0):
-    cfg = make_config(case["preset"], dtype=dtype, scan_backend="reference",
-                      **{k: v for k, v in case.items() if k != "preset"})
-    rng = np.random.default_rng(seed)
-    params = init_params(cfg, rng)
-    # Non-zero norm scales so every code path carries weight (init makes them 0).
-    for block in params["blocks"]:
-        for norm in ("temporal_pre_norm", "channel_pre_norm"):
-            block[norm]["scale"] = (0.1 * rng.standard_normal(cfg.width)).astype(dtype)
+    cfg, params, _ = tiny_model(case, dtype, seed)
     return cfg, params
 
 

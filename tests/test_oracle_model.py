@@ -7,11 +7,10 @@ for logits and every gradient. float32 (unpatched): <= 2e-5 for logits and gradi
 
 import numpy as np
 import pytest
+from strategies import tiny_model
 
-from minigriffin.config import make_config
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
-from minigriffin.params import init_params
 
 oracle_utils = pytest.importorskip("oracle_utils")
 torch = oracle_utils.torch
@@ -30,14 +29,7 @@ CASES = {
 
 
 def _run_both(case, dtype, seed=0):
-    cfg = make_config(case["preset"], dtype=dtype, scan_backend="reference",
-                      **{k: v for k, v in case.items() if k != "preset"})
-    rng = np.random.default_rng(seed)
-    params = init_params(cfg, rng)
-    # Non-zero norm scales, biases and conv/gate biases, so their gradients and code paths are exercised.
-    for block in params["blocks"]:
-        for norm in ("temporal_pre_norm", "channel_pre_norm"):
-            block[norm]["scale"] = (0.1 * rng.standard_normal(cfg.width)).astype(dtype)
+    cfg, params, rng = tiny_model(case, dtype, seed)
     tokens = rng.integers(0, cfg.vocab_size, size=SEGMENT_POS.shape)
     logits, cache = model_forward(params, tokens, SEGMENT_POS, cfg)
     dlogits = rng.standard_normal(logits.shape).astype(dtype)
