@@ -12,6 +12,12 @@ thread pools each spin-wait after their work, and sharing one process made both 
 slower than they are. Also printed: the share of this machine's sgemm FLOP/s (one big float32 matmul, measured in the
 same run) that minigriffin reaches, counting matmul FLOPs only (6 x parameters in matmuls x tokens, plus the
 attention scores). Target: minigriffin >= 2x recurrentgemma for Hawk and Griffin. Record in docs/benchmarks.md.
+
+    python benchmarks/bench_model.py --device gpu --batch 32 --seq 2048      # on a CUDA machine (issue 6)
+
+--device gpu runs minigriffin on CuPy arrays (the same code; the scan is the CUDA kernel) and recurrentgemma
+on torch's CUDA device (install a CUDA build of torch for that), synchronising the device before each clock
+read; the peak is then one big float32 matmul on the GPU.
 """
 
 import argparse
@@ -21,18 +27,25 @@ import time
 import numpy as np
 
 
-def best_time(fn, repeats):
+def best_time(fn, repeats, sync=lambda: None):
     fn()                                                   # warm-up (Numba compiles, torch allocates)
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()                                             # GPU work is asynchronous: wait for it
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def sgemm_flops(n=1024, repeats=5):
+def sgemm_flops(n=1024, repeats=5, device="cpu"):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    if device == "gpu":
+        from minigriffin.xp import device_namespace
+        cupy = device_namespace("gpu")                     # DeviceUnavailable says why when there is no GPU
+        a = cupy.asarray(a)
+        return 2 * n**3 / best_time(lambda: a @ a, repeats, cupy.cuda.Device().synchronize)
     seconds = best_time(lambda: a @ a, repeats)
     return 2 * n**3 / seconds
 
@@ -64,7 +77,7 @@ def minigriffin_step(cfg, params, tokens, segment_pos, targets):
     return step
 
 
-def recurrentgemma_step(cfg, params, tokens, segment_pos, targets, threads):
+def recurrentgemma_step(cfg, params, tokens, segment_pos, targets, threads, device="cpu"):
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     import torch
@@ -73,6 +86,10 @@ def recurrentgemma_step(cfg, params, tokens, segment_pos, targets, threads):
     model = torch_griffin(cfg, params)
     t_tokens, t_pos = torch.from_numpy(tokens), torch.from_numpy(segment_pos)
     t_targets = torch.from_numpy(targets)
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device gpu: torch has no CUDA device (install a CUDA build of torch)")
+        model, t_tokens, t_pos, t_targets = (t.to("cuda") for t in (model, t_tokens, t_pos, t_targets))
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -98,11 +115,20 @@ def _measure(args):
     tokens = rng.integers(0, 256, (args.batch, args.seq))
     targets = rng.integers(0, 256, (args.batch, args.seq))
     segment_pos = np.tile(np.arange(args.seq), (args.batch, 1))
+    sync = lambda: None  # noqa: E731
     if args.measure == "minigriffin":
+        if args.device == "gpu":
+            from minigriffin.xp import device_namespace, to_device
+            cupy = device_namespace("gpu")                 # a clear error when there is no usable GPU
+            params, tokens, segment_pos, targets = to_device([params, tokens, segment_pos, targets], cupy)
+            sync = cupy.cuda.Device().synchronize
         step = minigriffin_step(cfg, params, tokens, segment_pos, targets)
     else:
-        step = recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads)
-    print(best_time(step, args.repeats))
+        step = recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads, args.device)
+        if args.device == "gpu":
+            import torch
+            sync = torch.cuda.synchronize
+    print(best_time(step, args.repeats, sync))
 
 
 def _child(args, what, family):
@@ -111,7 +137,8 @@ def _child(args, what, family):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--measure", what, "--family", family, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+           "--seq", str(args.seq), "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--device", args.device]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{what} {family} failed:\n{out.stderr[-3000:]}")
@@ -125,14 +152,22 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-oracle", action="store_true", help="time minigriffin only")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="default: %(default)s")
     parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         return _measure(args)
 
-    peak = sgemm_flops()
-    print(f"machine: {os.cpu_count()} CPUs; numpy {np.__version__}; sgemm (1024^3, float32) {peak / 1e9:.1f} GFLOP/s")
+    if args.device == "gpu":
+        peak = sgemm_flops(n=8192, device="gpu")
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        print(f"device: {name}; cupy {cupy.__version__}; sgemm (8192^3, float32) {peak / 1e12:.1f} TFLOP/s")
+    else:
+        peak = sgemm_flops()
+        print(f"machine: {os.cpu_count()} CPUs; numpy {np.__version__}; sgemm (1024^3, float32) "
+              f"{peak / 1e9:.1f} GFLOP/s")
     print(f"config: vocab 256, width 256, 6 blocks, 4 heads, MLP 768, seq {args.seq}, batch {args.batch}, "
           f"float32, {args.threads} threads; best of {args.repeats}\n")
     print("| model | minigriffin tokens/s | recurrentgemma tokens/s | ratio | minigriffin share of sgemm FLOP/s |")

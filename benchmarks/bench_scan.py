@@ -11,6 +11,13 @@ outputs, which on Linux pages in fresh memory for arrays over glibc's 32 MiB mma
 also triggers Numba's compilation. Ratios are within one run, so they travel between machines far better
 than seconds do. Targets (issue 2): numba forward <= 1.2x floor, forward + backward <= 2.5x floor.
 Results are recorded in docs/benchmarks.md. This is a benchmark, not a test: nothing here asserts.
+
+    python benchmarks/bench_scan.py --device gpu    # the cupy backend on CuPy arrays (issue 6)
+
+On the GPU the floor is a device-to-device copy of one (B, T, D) array (`cupy.copyto`, which reads one array
+and writes one), timed in the same run; the forward scan reads two and writes one, so its achieved bandwidth
+is 3 * nbytes / time, reported as a fraction of the copy's 2 * nbytes / time. Target: >= 80%. Times are the
+best of --repeats, each bracketed by device synchronisation.
 """
 
 import argparse
@@ -47,6 +54,59 @@ def machine_description():
             f"threads; numpy {np.__version__}; Python {platform.python_version()}; {platform.system()}")
 
 
+def bench_shape_gpu(shape, repeats, dtype=np.float32, seed=0):
+    """Forward and forward+backward of the cupy backend, and a device-to-device copy of one array."""
+    from minigriffin.xp import device_namespace
+    cupy = device_namespace("gpu")                       # a clear error when there is no usable GPU
+    rng = np.random.default_rng(seed)
+    x = cupy.asarray(rng.standard_normal(shape).astype(dtype))     # (B, T, D)
+    a = cupy.asarray(rng.uniform(0.9, 1.0, shape).astype(dtype))   # (B, T, D)
+    dh = cupy.asarray(rng.standard_normal(shape).astype(dtype))    # (B, T, D)
+    h_out, dx_out, da_out = cupy.empty_like(x), cupy.empty_like(x), cupy.empty_like(x)
+    sync = cupy.cuda.Device().synchronize
+
+    def timed(fn):
+        fn()                                             # warm-up: NVRTC compiles on the first call
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def fwd_bwd():
+        h, _ = linear_scan(x, a, backend="cupy", out=h_out)
+        return linear_scan_backward(dh, None, a, h, backend="cupy", out=(dx_out, da_out))
+
+    copy = timed(lambda: cupy.copyto(h_out, x))
+    fwd = timed(lambda: linear_scan(x, a, backend="cupy", out=h_out))
+    return copy, fwd, timed(fwd_bwd), x.nbytes
+
+
+def main_gpu(args):
+    from minigriffin.xp import device_namespace
+    cupy = device_namespace("gpu")                       # DeviceUnavailable says why when there is no GPU
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    print(f"device: {props['name'].decode()}; cupy {cupy.__version__}; CUDA runtime "
+          f"{cupy.cuda.runtime.runtimeGetVersion()}; float32; best of {args.repeats}\n")
+    print("| shape (B, T, D) | copy ms | copy GB/s | scan fwd ms | fwd GB/s | fwd bandwidth / copy's "
+          "| fwd+bwd ms | fwd+bwd / copy time |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for spec in args.shapes.split(","):
+        shape = tuple(int(n) for n in spec.lower().split("x"))
+        copy, fwd, fwd_bwd, nbytes = bench_shape_gpu(shape, args.repeats)
+        copy_bw, fwd_bw = 2 * nbytes / copy, 3 * nbytes / fwd
+        print(f"| {shape} | {copy * 1e3:.3f} | {copy_bw / 1e9:,.0f} | {fwd * 1e3:.3f} | {fwd_bw / 1e9:,.0f} "
+              f"| {fwd_bw / copy_bw:.0%} | {fwd_bwd * 1e3:.3f} | {fwd_bwd / copy:.2f} |")
+        verdicts.append(f"cupy fwd at {shape}: {fwd_bw / copy_bw:.0%} of copy bandwidth (target >= 80%): "
+                        f"{'met' if fwd_bw >= 0.8 * copy_bw else 'MISSED'}")
+    print()
+    print("\n".join(verdicts))
+
+
 def bench_shape(shape, backends, repeats, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)        # (B, T, D)
@@ -78,7 +138,11 @@ def main(argv=None):
     parser.add_argument("--shapes", default="8x2048x512,1x16384x256", help="comma-separated BxTxD (default: %(default)s)")
     parser.add_argument("--backends", default=",".join(available_backends()), help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                        help="cpu: every CPU backend against np.multiply; gpu: cupy against a device copy")
     args = parser.parse_args(argv)
+    if args.device == "gpu":
+        return main_gpu(args)
     backends = args.backends.split(",")
     print(f"machine: {machine_description()}")
     print("dtype float32; times are the best of", args.repeats, "runs\n")

@@ -7,6 +7,7 @@ A checkpoint is one .npz file (numpy's zip of arrays, loaded with allow_pickle=F
 It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one
 (os.replace is atomic on POSIX and Windows), and the folder is fsynced: a crash or a power cut leaves
 either the old checkpoint or the new one, never a torn file.
+Checkpoints hold host (NumPy) arrays only: a run trained with --device gpu resumes on the CPU and back.
 """
 
 import hashlib
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin.gradcheck import tree_leaves
+from minigriffin.xp import to_host
 
 FORMAT_VERSION = 1
 
@@ -37,7 +39,9 @@ def _digest(arrays):
 
 
 def _flatten(prefix, tree):
-    return {f"{prefix}/{path}": np.asarray(arr) for path, arr in tree_leaves(tree)}
+    """{"prefix/dotted.path": NumPy array}: device (CuPy) arrays are copied to the host, so a checkpoint is the
+    same file whichever device trained it, and any device can resume it (the Trainer moves it back)."""
+    return {f"{prefix}/{path}": to_host(arr) for path, arr in tree_leaves(tree)}
 
 
 def unflatten(flat):

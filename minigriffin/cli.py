@@ -119,19 +119,21 @@ def _train(args, extra):
             if model_over or set(train_over) - {"max_steps"}:
                 raise SystemExit("minigriffin train --resume continues a run with its saved settings; only "
                                  "--max_steps may be changed")
-            trainer = Trainer.resume(args.resume, load_corpus, max_steps=train_over.get("max_steps"))
+            trainer = Trainer.resume(args.resume, load_corpus, max_steps=train_over.get("max_steps"),
+                                     device=args.device)
         else:
             model_cfg = make_config(args.preset, **model_over)
             train_cfg = TrainConfig(**train_over)
             data_dir = _resolve_data_dir(args.data_dir)
             run_dir = args.run_dir or os.path.join("runs", f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir))
+            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir), device=args.device)
             trainer.start_fresh()
     except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
         raise SystemExit(f"minigriffin train: {exc.args[0] if exc.args else exc}") from None
     from minigriffin.params import count_params
     print(f"run folder: {trainer.run_dir}  ({count_params(trainer.model_cfg):,} parameters, "
-          f"{trainer.model_cfg.num_layers} blocks, step {trainer.step} of {trainer.train_cfg.max_steps})", flush=True)
+          f"{trainer.model_cfg.num_layers} blocks, step {trainer.step} of {trainer.train_cfg.max_steps}, "
+          f"on the {trainer.device})", flush=True)
     progress = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
@@ -244,6 +246,9 @@ def build_parser():
     train.add_argument("--run-dir", help="where to write checkpoints and metrics (default: runs/<preset>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     train.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    train.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                       help="where to train: cpu (NumPy + Numba) or gpu (CuPy; needs minigriffin[gpu] and a CUDA "
+                            "GPU). Checkpoints are device-independent: --resume works on either (default: cpu)")
     train.set_defaults(func=_train, takes_extra=True)
 
     sample = sub.add_parser("sample", help="generate text from a trained run")

@@ -17,6 +17,7 @@ import numpy as np
 
 from minigriffin.params import tree_map
 from minigriffin.gradcheck import tree_leaves
+from minigriffin.xp import array_namespace
 
 
 class AdamWState(NamedTuple):
@@ -27,7 +28,9 @@ class AdamWState(NamedTuple):
 
 def adamw_init(params):
     """Zero moments shaped like params."""
-    return AdamWState(0, tree_map(np.zeros_like, params), tree_map(np.zeros_like, params))
+    def zeros(p):
+        return array_namespace(p).zeros_like(p)             # on the parameter's device
+    return AdamWState(0, tree_map(zeros, params), tree_map(zeros, params))
 
 
 def decays(path):
@@ -61,8 +64,11 @@ def lr_schedule(step, *, lr, warmup_steps, max_steps, min_lr=0.0):
 
 def global_norm(grads):
     """sqrt of the sum of squares of every gradient element, accumulated in float64."""
-    return math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1).astype(np.float64)))
-                         for _, g in tree_leaves(grads)))
+    total = 0.0
+    for _, g in tree_leaves(grads):
+        flat = g.reshape(-1).astype(np.float64)
+        total += float(array_namespace(g).dot(flat, flat))   # float(): one device -> host copy per leaf
+    return math.sqrt(total)
 
 
 def clip_by_global_norm(grads, max_norm):
@@ -87,7 +93,8 @@ def adamw_update(params, grads, state, *, lr, beta1=0.9, beta2=0.95, eps=1e-8, w
         m += (1.0 - beta1) * g
         v *= beta2
         v += (1.0 - beta2) * (g * g)
-        update = (m / bias1) / (np.sqrt(v / bias2) + eps)
+        xp = array_namespace(p)
+        update = (m / bias1) / (xp.sqrt(v / bias2) + eps)
         if weight_decay and decays(path):
             update += weight_decay * p                     # decoupled: not part of the gradient
         p -= (lr * update).astype(p.dtype, copy=False)

@@ -12,6 +12,13 @@ reference scan and one thread; multithreaded reductions may round differently ru
 Ctrl-C finishes the current step, saves, prints the resume command and exits with 130; a second Ctrl-C stops
 at once.
 
+Devices: `Trainer(..., device="gpu")` (`minigriffin train --device gpu`) keeps the parameters, AdamW's moments
+and every activation on the GPU as CuPy arrays and runs exactly the same forward, backward and AdamW code
+(each layer takes its array module from its inputs; the scan's "auto" backend picks the CUDA kernels). Only
+three places move data: the initial parameters (drawn on the host with the same RNG, so a seed gives the same
+model on either device), each batch (sampled on the host), and checkpoints (always written as NumPy arrays).
+So a run started on the GPU resumes on the CPU and back: `train --resume RUN --device cpu`.
+
 Notebook: notebooks/05_training.ipynb
 """
 
@@ -32,6 +39,7 @@ from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
 from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
 from minigriffin.params import init_params
+from minigriffin.xp import DEVICES, array_namespace, device_namespace, to_device
 
 EXIT_INTERRUPTED = 130
 
@@ -57,7 +65,8 @@ def evaluate(params, batches, cfg):
 def first_non_finite(grads):
     """Dotted path of the first gradient holding NaN or inf, or None."""
     for path, g in tree_leaves(grads):
-        if not np.all(np.isfinite(g)):
+        xp = array_namespace(g)
+        if not bool(xp.all(xp.isfinite(g))):
             return path
     return None
 
@@ -88,7 +97,14 @@ class _Interrupt:
 class Trainer:
     """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
 
-    def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus):
+    def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus, device="cpu"):
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+        if device == "gpu" and model_cfg.scan_backend not in ("auto", "cupy"):
+            raise ValueError(f"scan_backend={model_cfg.scan_backend!r} runs on the CPU; with --device gpu use "
+                             f"scan_backend=auto or cupy")
+        self.device = device
+        self.xp = device_namespace(device)          # numpy, or cupy (DeviceUnavailable says why not)
         self.run_dir = Path(run_dir)
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.data_dir = str(data_dir)
@@ -105,7 +121,7 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
                                   f"or choose another --run-dir")
         init_rng, data_seed = np.random.default_rng(self.train_cfg.seed), self.train_cfg.seed + 1
-        self.params = init_params(self.model_cfg, init_rng)
+        self.params = to_device(init_params(self.model_cfg, init_rng), self.xp)   # drawn on the host
         self.opt_state = adamw_init(self.params)
         self.data_rng = np.random.default_rng(data_seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,24 +133,25 @@ class Trainer:
         return {"step": self.step, "model_config": config_to_dict(self.model_cfg),
                 "train_config": dict(self.train_cfg.__dict__), "data_dir": self.data_dir,
                 "data_rng_state": self.data_rng.bit_generator.state, "best_val_loss": self.best_val,
-                "last_finite_loss": self.last_finite_loss}
+                "last_finite_loss": self.last_finite_loss, "saved_from_device": self.device}
 
     def save(self, name):
         return save_checkpoint(self.ckpt_dir / name, params=self.params, adam_m=self.opt_state.m,
                                adam_v=self.opt_state.v, meta=self.meta())
 
     @classmethod
-    def resume(cls, run_dir, corpus_loader, max_steps=None):
-        """Continue the run in run_dir from checkpoints/last.npz (architecture and settings come from it)."""
+    def resume(cls, run_dir, corpus_loader, max_steps=None, device="cpu"):
+        """Continue the run in run_dir from checkpoints/last.npz (architecture and settings come from it),
+        on `device`, whichever device wrote the checkpoint."""
         params, m, v, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "last.npz")
         model_cfg = config_from_dict(meta["model_config"])
         train_dict = dict(meta["train_config"])
         if max_steps is not None:
             train_dict["max_steps"] = max_steps
         train_cfg = TrainConfig(**train_dict)
-        trainer = cls(run_dir, model_cfg, train_cfg, meta["data_dir"], corpus_loader(meta["data_dir"]))
-        trainer.params, trainer.step = params, int(meta["step"])
-        trainer.opt_state = AdamWState(trainer.step, m, v)
+        trainer = cls(run_dir, model_cfg, train_cfg, meta["data_dir"], corpus_loader(meta["data_dir"]), device)
+        trainer.params, trainer.step = to_device(params, trainer.xp), int(meta["step"])
+        trainer.opt_state = AdamWState(trainer.step, to_device(m, trainer.xp), to_device(v, trainer.xp))
         trainer.data_rng = np.random.default_rng()
         trainer.data_rng.bit_generator.state = meta["data_rng_state"]
         trainer.best_val = float(meta["best_val_loss"])
@@ -156,6 +173,7 @@ class Trainer:
     def train_step(self, batch):
         """One optimisation step; returns (loss, grad norm before clipping, lr)."""
         tc = self.train_cfg
+        batch = to_device(batch, self.xp)                   # sampled on the host; a no-op on the CPU
         loss, grads = loss_and_grads(self.params, batch, self.model_cfg)
         lr = lr_schedule(self.step + 1, lr=tc.lr, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps,
                          min_lr=tc.min_lr)
@@ -172,7 +190,8 @@ class Trainer:
         """Train until max_steps (or Ctrl-C). Returns a summary dict. progress: a tqdm-like factory or None."""
         from minigriffin.data import eval_batches, sample_batch
         tc = self.train_cfg
-        val_batches = eval_batches(self.corpus.valid, tc.batch_size, tc.seq_len, tc.eval_batches, seed=tc.seed)
+        val_batches = to_device(eval_batches(self.corpus.valid, tc.batch_size, tc.seq_len, tc.eval_batches,
+                                             seed=tc.seed), self.xp)
         tokens_per_step = tc.batch_size * tc.seq_len
         metrics = open(self.run_dir / "metrics.jsonl", "a")
         bar = progress(total=tc.max_steps, initial=self.step, unit="step") if progress else None
