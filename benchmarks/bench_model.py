@@ -66,14 +66,16 @@ def matmul_flops(cfg, batch, seq):
     return 6 * per_token * tokens
 
 
-def minigriffin_step(cfg, params, tokens, segment_pos, targets):
-    from minigriffin.head import cross_entropy_backward, cross_entropy_forward
-    from minigriffin.model import model_backward, model_forward
+def minigriffin_step(cfg, params, tokens, segment_pos, targets, workers=1):
+    """What `minigriffin train` runs for a batch: train.loss_and_grads (forward, mean cross-entropy, backward),
+    with `workers` data-parallel threads on the CPU (minigriffin/parallel.py; 1 = one thread of Python with
+    OpenBLAS and Numba using their own threads)."""
+    from minigriffin.data import Batch
+    from minigriffin.train import loss_and_grads
+    batch = Batch(tokens=tokens, targets=targets, segment_pos=segment_pos, mask=None)
 
     def step():
-        logits, cache = model_forward(params, tokens, segment_pos, cfg)
-        _, ce_cache = cross_entropy_forward(logits, targets)
-        return model_backward(cross_entropy_backward(1.0, ce_cache), cache)
+        return loss_and_grads(params, batch, cfg, workers=workers)
     return step
 
 
@@ -122,7 +124,7 @@ def _measure(args):
             cupy = device_namespace("gpu")                 # a clear error when there is no usable GPU
             params, tokens, segment_pos, targets = to_device([params, tokens, segment_pos, targets], cupy)
             sync = cupy.cuda.Device().synchronize
-        step = minigriffin_step(cfg, params, tokens, segment_pos, targets)
+        step = minigriffin_step(cfg, params, tokens, segment_pos, targets, args.workers)
     else:
         step = recurrentgemma_step(cfg, params, tokens, segment_pos, targets, args.threads, args.device)
         if args.device == "gpu":
@@ -138,7 +140,7 @@ def _child(args, what, family):
                OPENBLAS_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--measure", what, "--family", family, "--batch", str(args.batch),
            "--seq", str(args.seq), "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--device", args.device]
+           "--device", args.device, "--workers", str(args.workers)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{what} {family} failed:\n{out.stderr[-3000:]}")
@@ -152,10 +154,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-oracle", action="store_true", help="time minigriffin only")
+    parser.add_argument("--workers", type=int, help="minigriffin's data-parallel threads (default: --threads on "
+                        "the CPU, as `minigriffin train` does; 1 on the GPU)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="default: %(default)s")
     parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = 1 if args.device == "gpu" else args.threads
     if args.measure:
         return _measure(args)
 
@@ -169,7 +175,8 @@ def main(argv=None):
         print(f"machine: {os.cpu_count()} CPUs; numpy {np.__version__}; sgemm (1024^3, float32) "
               f"{peak / 1e9:.1f} GFLOP/s")
     print(f"config: vocab 256, width 256, 6 blocks, 4 heads, MLP 768, seq {args.seq}, batch {args.batch}, "
-          f"float32, {args.threads} threads; best of {args.repeats}\n")
+          f"float32, {args.threads} threads; minigriffin with {args.workers} data-parallel worker(s); "
+          f"best of {args.repeats}\n")
     print("| model | minigriffin tokens/s | recurrentgemma tokens/s | ratio | minigriffin share of sgemm FLOP/s |")
     print("|---|---|---|---|---|")
     n_tokens = args.batch * args.seq

@@ -179,6 +179,7 @@ class TrainConfig:
     checkpoint_every: int = 100                  # steps between "last" checkpoints (also saved at the end)
     log_every: int = 10                          # plain progress lines when not on a terminal
     seed: int = 0                                # seeds parameter init and the data sampler
+    cpu_workers: int = 0                         # threads sharing a batch's rows on the CPU; 0 = one per core
 
     def __post_init__(self):
         _check_types(self, TrainConfig)
@@ -186,6 +187,8 @@ class TrainConfig:
                      "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpu_workers < 0:
+            raise ValueError(f"cpu_workers must be >= 0 (0: one per core), got {self.cpu_workers}")
         if self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("lr must be > 0; min_lr, warmup_steps and grad_clip must be >= 0")
 

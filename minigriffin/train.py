@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigriffin import parallel
 from minigriffin.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
 from minigriffin.gradcheck import tree_leaves
@@ -44,11 +45,28 @@ from minigriffin.xp import DEVICES, array_namespace, device_namespace, to_device
 EXIT_INTERRUPTED = 130
 
 
-def loss_and_grads(params, batch, cfg):
-    """Mean cross-entropy over unmasked positions of a batch, and its gradient for every parameter."""
+def _weighted_loss_and_grads(params, batch, cfg, weight):
+    """Mean cross-entropy over the batch's unmasked positions, and the gradient of weight * that loss."""
     logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg)
     loss, ce_cache = cross_entropy_forward(logits, batch.targets, batch.mask)
-    return loss, model_backward(cross_entropy_backward(1.0, ce_cache), cache)
+    return loss, model_backward(cross_entropy_backward(weight, ce_cache), cache)
+
+
+def default_workers():
+    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
+    import numba
+    return numba.get_num_threads()
+
+
+def loss_and_grads(params, batch, cfg, workers=1):
+    """Mean cross-entropy over unmasked positions of a batch, and its gradient for every parameter.
+
+    workers > 1 splits the batch's rows between that many threads, each running the same forward and backward
+    on one core (minigriffin.parallel: NumPy's elementwise work is single-threaded, so this is how a CPU step
+    uses every core). Same result up to the order of floating-point sums. CuPy arrays always use one worker."""
+    if workers > 1 and batch.tokens.shape[0] > 1 and array_namespace(batch.tokens) is np:
+        return parallel.loss_and_grads(params, batch, cfg, workers=workers, step=_weighted_loss_and_grads)
+    return _weighted_loss_and_grads(params, batch, cfg, 1.0)
 
 
 def evaluate(params, batches, cfg):
@@ -104,6 +122,8 @@ class Trainer:
             raise ValueError(f"scan_backend={model_cfg.scan_backend!r} runs on the CPU; with --device gpu use "
                              f"scan_backend=auto or cupy")
         self.device = device
+        # data-parallel threads for a CPU step (minigriffin.parallel); train_cfg.cpu_workers = 0 means one per core
+        self.workers = 1 if device == "gpu" else (train_cfg.cpu_workers or default_workers())
         self.xp = device_namespace(device)          # numpy, or cupy (DeviceUnavailable says why not)
         self.run_dir = Path(run_dir)
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
@@ -174,7 +194,7 @@ class Trainer:
         """One optimisation step; returns (loss, grad norm before clipping, lr)."""
         tc = self.train_cfg
         batch = to_device(batch, self.xp)                   # sampled on the host; a no-op on the CPU
-        loss, grads = loss_and_grads(self.params, batch, self.model_cfg)
+        loss, grads = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers)
         lr = lr_schedule(self.step + 1, lr=tc.lr, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps,
                          min_lr=tc.min_lr)
         norm = clip_by_global_norm(grads, tc.grad_clip)

@@ -37,7 +37,7 @@ FAKE_DEVICE = types.SimpleNamespace(asarray=lambda arr: np.array(arr).view(Devic
 def _small_trainer(run_dir, books_dir, device="cpu", steps=4, scan_backend="auto"):
     cfg = make_config("griffin-tiny", scan_backend=scan_backend, dtype="float64")
     tc = TrainConfig(batch_size=2, seq_len=16, max_steps=steps, eval_every=2, eval_batches=1, checkpoint_every=2,
-                     warmup_steps=1)
+                     warmup_steps=1, cpu_workers=1)         # a GPU step is one worker: the same sums on the CPU
     return Trainer(run_dir, cfg, tc, str(books_dir), load_corpus(books_dir), device=device)
 
 
@@ -113,9 +113,9 @@ def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, books_dir
 
     seen = []                                             # types of what each forward/backward was given
 
-    def recording_loss_and_grads(params, batch, cfg):
+    def recording_loss_and_grads(params, batch, cfg, **kwargs):
         seen.extend(type(field).__name__ for field in batch)
-        return loss_and_grads(params, batch, cfg)
+        return loss_and_grads(params, batch, cfg, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "device_namespace", lambda device: FAKE_DEVICE)

@@ -154,7 +154,7 @@ def test_non_finite_gradient_stops_with_a_snapshot(books_dir, tmp_path, monkeypa
     monkeypatch.setattr(train_module, "model_backward", poisoned)
     run = tmp_path / "run"
     args = ["train", *TINY, "--data-dir", str(books_dir), "--run-dir", str(run), "--max_steps=10",
-            "--checkpoint_every=4", "--eval_every=100"]
+            "--checkpoint_every=4", "--eval_every=100", "--cpu_workers=1"]    # one backward per step
     with pytest.raises(FloatingPointError) as info:
         main(args)
     message = str(info.value)

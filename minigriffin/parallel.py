@@ -1,0 +1,82 @@
+"""Data parallelism on the CPU: split a batch's rows between threads, add up their gradients.
+
+Why: NumPy runs every elementwise operation (GeLU, the RG-LRU's gates, RMSNorm, softmax) on one core, and only
+the matmuls use OpenBLAS's threads. With two cores, a training step of griffin at batch 8 x 512 spent most of
+its time with one core idle. Splitting the batch is the simplest fix that uses every core for everything: each
+thread runs the ordinary forward and backward (the same code, nothing rewritten) on its share of the rows,
+with OpenBLAS and Numba limited to one thread each so that the threads do not fight over the cores, and the
+gradients are added at the end. NumPy and Numba (nogil kernels) release the GIL during their work, so the
+threads really do run at the same time. docs/benchmarks.md has the measurements.
+
+The result is the same mean loss and gradient as the whole batch in one go (tested), up to the order of the
+floating-point sums: each share's loss is weighted by the positions it counts, n_i / N, before its backward.
+So a run's numbers depend slightly on how many workers it used; resume is bit-exact for the same count.
+
+    loss, grads = loss_and_grads(params, batch, cfg, workers=2, step=one_share)
+
+`one_share(params, batch, cfg, weight) -> (mean loss of that share, gradients of weight * that loss)`.
+This is the CPU's answer; on a GPU one device already runs every operation in parallel (train.py uses one
+worker for CuPy arrays).
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from minigriffin.gradcheck import tree_leaves
+
+_POOLS = {}                     # workers -> ThreadPoolExecutor, made once and reused (threads are cheap to keep)
+_BLAS = None                    # threadpoolctl's controller, found once (it scans the loaded libraries)
+
+
+def _init_worker():
+    import numba
+    numba.set_num_threads(1)    # thread-local: this worker's Numba kernels run on its own core only
+
+
+def _pool(workers):
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="minigriffin-dp", initializer=_init_worker)
+    return _POOLS[workers]
+
+
+def _one_blas_thread():
+    """A context in which OpenBLAS (and any other BLAS) uses one thread, restored afterwards."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def row_shares(batch_size, workers):
+    """[slice] of batch rows, as even as possible: 8 rows, 3 workers -> 3, 3, 2."""
+    workers = max(1, min(workers, batch_size))
+    bounds = [batch_size * i // workers for i in range(workers + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def loss_and_grads(params, batch, cfg, *, workers, step):
+    """Mean loss over the batch's counted positions and its gradients, computed by `workers` threads.
+    batch: a NamedTuple of (B, T) arrays with a `mask` field (None: every position counts)."""
+    B, T = batch.tokens.shape
+    shares = []
+    for rows in row_shares(B, workers):
+        part = type(batch)(*(None if field is None else field[rows] for field in batch))
+        counted = (rows.stop - rows.start) * T if batch.mask is None else int(np.count_nonzero(part.mask))
+        if counted:                                     # a share with nothing to count adds nothing
+            shares.append((part, counted))
+    total = sum(counted for _, counted in shares)
+    if total == 0:
+        raise ValueError("the mask excludes every position of the batch, so the mean loss is undefined")
+    if len(shares) == 1:
+        return step(params, shares[0][0], cfg, 1.0)
+    with _one_blas_thread():
+        results = list(_pool(len(shares)).map(
+            lambda share: step(params, share[0], cfg, share[1] / total), shares))
+    loss = sum(share_loss * counted / total for (share_loss, _), (_, counted) in zip(results, shares))
+    grads = results[0][1]
+    for _, more in results[1:]:                         # in a fixed order: the same workers give the same sums
+        for (_, g), (_, h) in zip(tree_leaves(grads), tree_leaves(more)):
+            g += h
+    return loss, grads
