@@ -124,7 +124,8 @@ def mlp_forward(x, p):
     """Gated MLP block. x: (B, T, D); p: {"ffw_up": {"w": (2, D, F), "b": (2, 1, 1, F)},
     "ffw_down": {"weight": (D, F), "bias": (D,)}} -> (B, T, D). Branch 0 (GeLU) gates branch 1 (linear)."""
     xp = array_namespace(x)
-    up = xp.matmul(x[None], p["ffw_up"]["w"][:, None]) + p["ffw_up"]["b"]   # (2, B, T, F): x @ w[c] + b[c]
+    up = xp.matmul(x[None], p["ffw_up"]["w"][:, None])                       # (2, B, T, F): x @ w[c]
+    up += p["ffw_up"]["b"]                                  # + b[c], in place: no second (2, B, T, F) array
     gate, gelu_cache = gelu_tanh_forward(up[0])                                # (B, T, F)
     hidden = gate * up[1]                                                      # (B, T, F)
     out, down_cache = linear_forward(hidden, p["ffw_down"])                    # (B, T, D)
