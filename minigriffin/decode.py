@@ -19,9 +19,9 @@ the rows of the transposed weight, a loop LLVM vectorises without `fastmath` (th
 reassociation); with B > 1 the rows of the batch share each pass over a weight row. The transposed copies are
 made once per state lineage (`DecodePlan`, carried by the ModelState), so params must not be modified in
 place while a state made from them is still being continued (training and then decoding with a fresh
-`init_state` is fine). Rows of the batch are independent in a decode step, so with B > 1 the batch is split
-into one group of rows per Numba thread, each walking all the weights for its rows (one parallel region per
-kernel call).
+`init_state` is fine). Rows of the batch are independent in a decode step, so with B > 1 and
+MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per thread, each walking all the
+weights for its rows (one parallel region per kernel call); the default is one thread (see _groups).
 
 No `fastmath`: every multiply and add is the reference's, in the model dtype (constants are cast to it, as
 NumPy does with Python scalars). Sums run in another order than OpenBLAS's, so float64 results agree with
@@ -29,6 +29,7 @@ the plain path to ~1e-15 relative, not bit for bit; tests/test_decode.py checks 
 against model_forward at rtol 1e-12 (float64) and 1e-5 (float32).
 """
 
+import os
 from typing import NamedTuple
 
 import numba
@@ -480,8 +481,14 @@ def make_plan(params, cfg):
 
 
 def _groups(B):
-    """Row groups: one per Numba thread (at most B); 1 means the serial kernels."""
-    return max(1, min(B, numba.get_num_threads()))
+    """Row groups: one per decode thread (at most B); 1 means the serial kernels.
+
+    Decode threads: MINIGRIFFIN_DECODE_THREADS (default 1), at most Numba's thread count. Serial by default
+    because a decode step is short: on a CPU shared with other busy processes (our 2-core VM), each parallel
+    region could wait a scheduler quantum for a descheduled worker, and steps measured 10-30x slower than
+    serial. On an otherwise idle machine, 2 threads speed up B = 8 (each thread takes half the rows)."""
+    wanted = int(os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
+    return max(1, min(B, wanted, numba.get_num_threads()))
 
 
 def rope_sin_cos(positions, half, dtype):

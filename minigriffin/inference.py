@@ -22,6 +22,21 @@ evaluated on the concatenation. Document ids continue across chunks (ModelState.
 Unlike recurrentgemma's decode path (no Conv1D document mask with a cache, positions recovered from
 segment_pos), this stays exact when documents are packed and when a document starts inside a chunk.
 
+Single-token steps (T = 1, NumPy arrays), as sampling feeds them, take a fused path: minigriffin.decode runs
+each recurrent residual block as one Numba kernel (norms, projections, Conv1D taps, RG-LRU, MLP), each
+attention block as two kernels around a BLAS K q^T and a one-pass softmax-times-values kernel, and the head
+as one more; the same computation as the chunk path below, which stays the reference for T > 1 and for CuPy
+arrays (tests/test_decode.py: token by token equals model_forward to rtol 1e-12 in float64). The first such
+step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the model)
+and the ModelState passes it on, so params must not be modified in place while a state is being continued.
+
+The attention cache lives in a preallocated KVBuffer per block, not in arrays rebuilt each chunk: a state's
+keys, values and doc are views of it, and the newest state appends in place (see KVBuffer). This is an
+append-only buffer with room beyond W rather than a ring buffer, so an older state keeps its contents and
+forward_chunk stays a pure function of its input state; when the room runs out the last W + 1 entries move
+to a new buffer (amortised a few copied entries per token). state_nbytes counts the cache (the last
+min(W, tokens) entries), state_reserved_nbytes the buffers as allocated (at most 1024 + 1 entries more).
+
 Notebook: notebooks/07_decoding_cost.ipynb
 """
 
