@@ -8,9 +8,14 @@ recurrentgemma's PyTorch model on the same config.
 The cost of a decode step depends on the size of the cache, not on what is in it, so each measurement starts
 from a cache of the given context length filled with random keys, values and states (no 16k-token prefill).
 Griffin's window (128) and Hawk's state are fixed, so their caches do not grow; the MQA baseline attends
-globally, so its window is set to the context and it keeps every key. Each implementation runs in its own
-child process (thread pools spin after their work); the time is the median of --steps steps after 3 warm-up
-steps, with 2 threads. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
+globally, so its window is set to the context and it keeps every key. minigriffin decodes as generation does,
+each step continuing the state the previous one returned (its KV cache is appended to in place, so feeding
+one state again would copy it); the context therefore grows by one token per step, which for MQA keeps the
+window full at W = context. recurrentgemma's cache is a fixed-size ring buffer, so it is fed the same cache
+each step. Each implementation runs in its own child process (thread pools spin after their work); the time
+is the median of --steps steps after 3 warm-up steps, with 2 threads (MINIGRIFFIN_DECODE_THREADS=2 unless set:
+minigriffin's decode kernels split the batch over 2 threads, as torch does; on a busy shared machine set it
+to 1, parallel regions then stall). Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
 """
 
@@ -37,12 +42,13 @@ def _cfg(family, context):
 
 
 def _median_ms(step, steps):
-    for _ in range(3):
-        step()
+    """Median wall time of step(i) for i = 3 .. steps + 2, after the warm-up steps 0, 1, 2."""
+    for i in range(3):
+        step(i)
     times = []
-    for _ in range(steps):
+    for i in range(3, steps + 3):
         start = time.perf_counter()
-        step()
+        step(i)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -67,10 +73,15 @@ def _ours(family, context, batch, steps):
                                          rng.standard_normal(block.conv_x.shape).astype(block.conv_x.dtype),
                                          np.zeros_like(block.conv_doc)))
     state = state._replace(blocks=tuple(blocks), num_tokens=context)
+    nbytes = state_nbytes(state) // batch
     tokens = np.zeros((batch, 1), dtype=np.int64)
-    positions = np.full((batch, 1), context, dtype=np.int64)
-    ms = _median_ms(lambda: forward_chunk(params, tokens, positions, cfg, state), steps)
-    return ms, state_nbytes(state) // batch
+    current = [state]
+
+    def step(i):   # as generation does: each step continues the state the previous one returned
+        positions = np.full((batch, 1), context + i, dtype=np.int64)
+        current[0] = forward_chunk(params, tokens, positions, cfg, current[0])[1]
+    ms = _median_ms(step, steps)
+    return ms, nbytes
 
 
 def _theirs(family, context, batch, steps):
@@ -94,7 +105,7 @@ def _theirs(family, context, batch, steps):
     tokens = torch.zeros((batch, 1), dtype=torch.int64)
     positions = torch.full((batch, 1), context, dtype=torch.int64)
     with torch.no_grad():
-        ms = _median_ms(lambda: model(tokens, positions, cache=cache), steps)
+        ms = _median_ms(lambda i: model(tokens, positions, cache=cache), steps)
     return ms, nbytes // batch
 
 
@@ -109,7 +120,8 @@ def _child_main(args):
 
 
 def _run_child(args, impl, family):
-    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2",
+               MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "2"))
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", impl, "--family", family, "--steps",
            str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches",
            ",".join(map(str, args.batches))]
@@ -124,7 +136,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=ints, default=[256, 1024, 4096, 16384])
     parser.add_argument("--batches", type=ints, default=[1, 8])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--skip-oracle", action="store_true")
     parser.add_argument("--plot", default="docs/results/decode.png")
     parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)

@@ -22,6 +22,21 @@ evaluated on the concatenation. Document ids continue across chunks (ModelState.
 Unlike recurrentgemma's decode path (no Conv1D document mask with a cache, positions recovered from
 segment_pos), this stays exact when documents are packed and when a document starts inside a chunk.
 
+Single-token steps (T = 1, NumPy arrays), as sampling feeds them, take a fused path: minigriffin.decode runs
+each recurrent residual block as one Numba kernel (norms, projections, Conv1D taps, RG-LRU, MLP), each
+attention block as two kernels around a BLAS K q^T and a one-pass softmax-times-values kernel, and the head
+as one more; the same computation as the chunk path below, which stays the reference for T > 1 and for CuPy
+arrays (tests/test_decode.py: token by token equals model_forward to rtol 1e-12 in float64). The first such
+step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the model)
+and the ModelState passes it on, so params must not be modified in place while a state is being continued.
+
+The attention cache lives in a preallocated KVBuffer per block, not in arrays rebuilt each chunk: a state's
+keys, values and doc are views of it, and the newest state appends in place (see KVBuffer). This is an
+append-only buffer with room beyond W rather than a ring buffer, so an older state keeps its contents and
+forward_chunk stays a pure function of its input state; when the room runs out the last W + 1 entries move
+to a new buffer (amortised a few copied entries per token). state_nbytes counts the cache (the last
+min(W, tokens) entries), state_reserved_nbytes the buffers as allocated (at most 1024 + 1 entries more).
+
 Notebook: notebooks/07_decoding_cost.ipynb
 """
 
@@ -29,6 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minigriffin import decode
 from minigriffin.attention import MIN_LOGITS_VALUE, _mask_from_doc, default_block_size
 from minigriffin.config import RECURRENT
 from minigriffin.conv1d import conv1d_forward
@@ -49,17 +65,46 @@ class RecurrentState(NamedTuple):
     conv_doc: object   # (B, K-1) int64 their document ids, NO_DOC for padding
 
 
+class KVBuffer:
+    """Preallocated storage behind AttentionState: keys, values (B, C, Dh) and doc (B, C), C >= the window.
+
+    Entries are written once, in token order, never overwritten: a state is a view [start, start + N) of it,
+    and `head` is the end of the newest state's entries. Only the state whose view ends at `head` appends
+    in place (at [head, head + T)); any other, an older state continued a second time, copies what it needs
+    into a new buffer. So appending costs O(T), every state stays valid, and forward_chunk never changes its
+    input state. When the buffer is full the last W + 1 entries move to a new one with room for about
+    W / 4 more (at least 16, at most 1024): amortised, a few copied entries per token.
+    """
+    __slots__ = ("keys", "values", "doc", "head")
+
+    def __init__(self, B, capacity, Dh, dtype):
+        self.keys = np.empty((B, capacity, Dh), dtype)      # (B, C, Dh)
+        self.values = np.empty((B, capacity, Dh), dtype)    # (B, C, Dh)
+        self.doc = np.empty((B, capacity), np.int64)        # (B, C)
+        self.head = 0
+
+    @property
+    def capacity(self):
+        return self.keys.shape[1]
+
+
 class AttentionState(NamedTuple):
-    """The sliding-window KV cache: the last N = min(W, tokens so far) tokens, oldest first (no ring buffer)."""
+    """The sliding-window KV cache: the last N = min(W, tokens so far) tokens, oldest first.
+
+    keys, values and doc are views of a KVBuffer (or plain arrays, e.g. for a state built by hand: the first
+    append moves them into a buffer). AttentionState(keys, values, doc) still constructs one."""
     keys: object       # (B, N, Dh) post-RoPE keys
     values: object     # (B, N, Dh)
     doc: object        # (B, N) int64 their document ids
+    buffer: object = None   # KVBuffer that keys, values and doc are views of, or None
+    start: int = 0          # where the views begin in the buffer
 
 
 class ModelState(NamedTuple):
     blocks: tuple      # one RecurrentState or AttentionState per residual block
     doc: object        # (B,) int64 document id of the last token fed (0 before any token, as in model_forward)
     num_tokens: int    # tokens fed so far in each row
+    plan: object = None   # decode.DecodePlan: params laid out for the T = 1 kernels, made once and passed on
 
 
 def init_state(cfg, batch_size):
@@ -81,9 +126,69 @@ def init_state(cfg, batch_size):
     return ModelState(tuple(blocks), np.zeros(B, np.int64), 0)
 
 
+def _block_arrays(block):
+    if isinstance(block, RecurrentState):
+        return (block.h, block.conv_x, block.conv_doc)
+    return (block.keys, block.values, block.doc)
+
+
 def state_nbytes(state):
-    """Bytes held by a ModelState's arrays (the per-sequence cache of Griffin paper eq. 5, times B)."""
-    return int(sum(arr.nbytes for block in state.blocks for arr in block) + state.doc.nbytes)
+    """Bytes of the cache a ModelState carries (the per-sequence cache of Griffin paper eq. 5, times B): the
+    recurrent states and the last N = min(W, tokens) keys, values and document ids of each attention block.
+    The KVBuffer behind an attention block reserves room for up to min(max(W/4, 16), 1024) + 1 more tokens,
+    not counted here (state_reserved_nbytes counts them)."""
+    return int(sum(arr.nbytes for block in state.blocks for arr in _block_arrays(block)) + state.doc.nbytes)
+
+
+def state_reserved_nbytes(state):
+    """Bytes actually allocated for a ModelState: state_nbytes with each attention block's whole KVBuffer."""
+    total = state.doc.nbytes
+    for block in state.blocks:
+        if isinstance(block, AttentionState) and block.buffer is not None:
+            buf = block.buffer
+            total += buf.keys.nbytes + buf.values.nbytes + buf.doc.nbytes
+        else:
+            total += sum(arr.nbytes for arr in _block_arrays(block))
+    return int(total)
+
+
+def _slack(n):
+    """Spare entries a new KVBuffer gets beyond the n it is created with."""
+    return min(max(n // 4, 16), 1024)
+
+
+def _kv_append(state, k, v, doc, window):
+    """Append T tokens' keys, values (B, T, Dh) and document ids (B, T) to an AttentionState.
+
+    Returns (keys, values, docs, new_state): views of the last min(N + T, W + 1) entries, contiguous in the
+    buffer (for a single token, everything it attends to: the cached N <= W keys and its own), and the new
+    state holding the last min(N + T, W)."""
+    B, N, Dh = state.keys.shape
+    T = k.shape[1]
+    reach = min(N + T, window + 1)
+    keep = min(N + T, window)
+    buf = state.buffer
+    end = state.start + N
+    if buf is not None and buf.head == end and end + T <= buf.capacity:
+        buf.keys[:, end:end + T] = k                        # in place: nothing any state sees is overwritten
+        buf.values[:, end:end + T] = v
+        buf.doc[:, end:end + T] = doc
+        new_end = end + T
+    else:                                                   # a fresh buffer with the last `reach` entries
+        buf = KVBuffer(B, reach + _slack(reach), Dh, state.keys.dtype)
+        n_new = min(T, reach)
+        n_old = reach - n_new                               # <= N
+        buf.keys[:, :n_old] = state.keys[:, N - n_old:]
+        buf.values[:, :n_old] = state.values[:, N - n_old:]
+        buf.doc[:, :n_old] = state.doc[:, N - n_old:]
+        buf.keys[:, n_old:reach] = k[:, T - n_new:]
+        buf.values[:, n_old:reach] = v[:, T - n_new:]
+        buf.doc[:, n_old:reach] = doc[:, T - n_new:]
+        new_end = reach
+    buf.head = new_end
+    a, s = new_end - reach, new_end - keep
+    new_state = AttentionState(buf.keys[:, s:new_end], buf.values[:, s:new_end], buf.doc[:, s:new_end], buf, s)
+    return buf.keys[:, a:new_end], buf.values[:, a:new_end], buf.doc[:, a:new_end], new_state
 
 
 def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
@@ -137,8 +242,10 @@ def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window):
         probs /= probs.sum(axis=-1, keepdims=True)                         # (B, Tq, H, Tk)
         o[:, q0 - N:q1 - N] = (probs.reshape(B, Tq * H, Tk) @ values[:, k0:q1]).reshape(B, Tq, H, Dh)
     out, _ = linear_forward(o.reshape(B, T, D), p["proj_final"])           # (B, T, D)
-    # Keep the last min(W, N+T) tokens: all a later query can see. Copies, so the state owns exactly this
-    # memory and not a view of the (B, N+T, Dh) concatenation.
+    # Keep the last min(W, N+T) tokens: all a later query can see (in the state's KVBuffer, not the
+    # concatenation). CuPy arrays keep plain copies, as before the buffer existed.
+    if xp is np:
+        return out, _kv_append(state, keys[:, N:], values[:, N:], docs[:, N:], window)[3]
     start = N + T - min(window, N + T)
     return out, AttentionState(keys[:, start:].copy(), values[:, start:].copy(), docs[:, start:].copy())
 
@@ -172,6 +279,8 @@ def forward_chunk(params, tokens, segment_pos, cfg, state):
     B, T = tokens.shape
     _check_state(state, cfg, B)
     xp = array_namespace(params["embedder"]["input_embedding"])
+    if T == 1 and xp is np and array_namespace(tokens, segment_pos) is np:
+        return _decode_step(params, tokens, segment_pos, cfg, state)
     # Document ids continue from the previous chunk: the same ids model_forward would give these positions.
     doc = state.doc[:, None] + xp.cumsum(segment_pos == 0, axis=1)         # (B, T)
     table = params["embedder"]["input_embedding"]                          # (V, D)
@@ -194,4 +303,34 @@ def forward_chunk(params, tokens, segment_pos, cfg, state):
         new_blocks.append(block_state)
     normed, _ = rmsnorm_forward(x, params["final_norm"])                   # (B, T, D)
     logits, _ = softcap_forward(normed @ table.T, cfg.logits_soft_cap)     # (B, T, V) tied head
-    return logits, ModelState(tuple(new_blocks), doc[:, -1].copy(), state.num_tokens + T)
+    return logits, ModelState(tuple(new_blocks), doc[:, -1].copy(), state.num_tokens + T, state.plan)
+
+
+def _decode_step(params, tokens, segment_pos, cfg, state):
+    """forward_chunk for T = 1 on NumPy arrays: the fused kernels of minigriffin.decode, same computation."""
+    plan = state.plan if decode.plan_matches(state.plan, params) else decode.make_plan(params, cfg)
+    cs = plan.constants
+    table = params["embedder"]["input_embedding"]                          # (V, D)
+    scale = embedding_scale(cfg.width) if cfg.embeddings_scale_by_sqrt_dim else None
+    x, _ = embedding_forward(tokens, table, scale)                         # (B, 1, D)
+    x = np.ascontiguousarray(x[:, 0])                                      # (B, D)
+    positions = segment_pos[:, 0]                                          # (B,)
+    reset = np.ascontiguousarray(positions == 0)                           # (B,) a document starts here
+    doc = state.doc + reset                                                # (B,) int64 its document id
+    sin = cos = None
+    new_blocks = []
+    for kind, plan_block, block_state in zip(cfg.block_types, plan.blocks, state.blocks):
+        if kind == RECURRENT:
+            x, new = decode.recurrent_step(plan_block, x, reset, doc, block_state, cs)
+            new_blocks.append(RecurrentState(*new))
+        else:
+            if sin is None:                                                # (B, Dh/4) each, shared by all blocks
+                sin, cos = decode.rope_sin_cos(positions, cfg.head_dim // 4, x.dtype)
+            q, k, v = decode.attention_in(plan_block[0], x, sin, cos, cfg.num_heads, cs)   # (B, H, Dh), (B, Dh)
+            keys, values, docs, new = _kv_append(block_state, k[:, None], v[:, None], doc[:, None],
+                                                 cfg.attention_window_size)   # (B, N+1, Dh) views of the cache
+            o = decode.attention_core(q, keys, values, docs, doc, cs)      # (B, D)
+            x = decode.attention_out(plan_block[1], x, o, cs)
+            new_blocks.append(new)
+    logits = decode.head(plan, x)[:, None]                                 # (B, 1, V)
+    return logits, ModelState(tuple(new_blocks), doc, state.num_tokens + 1, plan)

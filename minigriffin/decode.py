@@ -1,0 +1,580 @@
+"""The fused single-token decode step (T = 1) on NumPy arrays: a few Numba kernels per residual block.
+
+`minigriffin.inference.forward_chunk` calls `decode_step` when it is given one token per row and NumPy
+arrays; chunks of T > 1 and CuPy arrays take the plain array code there, which stays the reference. The
+computation is the same, operation for operation, as that reference (and so as `model.model_forward`):
+
+    recurrent block   one kernel: RMSNorm, linear_y + GeLU, linear_x, the K Conv1D taps with their document
+                      mask, the RG-LRU gates and state update, linear_out, residual, RMSNorm, gated MLP, residual
+    attention block   kernel 1: RMSNorm, q/k/v projections and RoPE; then the step's key and value are written
+                      into the preallocated cache (inference._kv_append) and two BLAS products read the cache
+                      once each, logits = q K^T and o = p V, with a kernel between them for the document mask
+                      and the softmax, in place; kernel 2: proj_final, residual, RMSNorm, gated MLP, residual
+    head              RMSNorm, tied projection, soft-cap
+
+Why it is faster (docs/benchmarks.md, "Decode-step cost"): the plain path spends a decode step in hundreds of
+NumPy calls on (B, 1, 256) arrays, a few microseconds of dispatch each, and in OpenBLAS calls on a single row.
+Here a block is one or two compiled calls. Matrix-vector products are written as y += x_i * W^T[i, :] over
+the rows of the transposed weight, a loop LLVM vectorises without `fastmath` (the dot-product form would need
+reassociation); with B > 1 the rows of the batch share each pass over a weight row. The transposed copies are
+made once per state lineage (`DecodePlan`, carried by the ModelState), so params must not be modified in
+place while a state made from them is still being continued (training and then decoding with a fresh
+`init_state` is fine). Rows of the batch are independent in a decode step, so with B > 1 and
+MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per thread, each walking all the
+weights for its rows (one parallel region per kernel call); the default is one thread (see _groups).
+
+No `fastmath`: every multiply and add is the reference's, in the model dtype (constants are cast to it, as
+NumPy does with Python scalars). Sums run in another order than OpenBLAS's, so float64 results agree with
+the plain path to ~1e-15 relative, not bit for bit; tests/test_decode.py checks token-by-token decoding
+against model_forward at rtol 1e-12 (float64) and 1e-5 (float32).
+"""
+
+import os
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from minigriffin.attention import MIN_LOGITS_VALUE
+from minigriffin.config import RECURRENT
+from minigriffin.head import embedding_scale
+from minigriffin.layers import RMSNORM_EPS, _GELU_C
+from minigriffin.rglru import C as RGLRU_C
+from minigriffin.rglru import softplus
+from minigriffin.rope import MAX_WAVELENGTH
+
+# Indices into the constants vector `cs` (one per dtype): scalars typed as the model dtype, so that float32
+# arithmetic stays float32 inside the kernels (a Python float literal would be float64 in Numba).
+ONE, HALF, GELU_A, GELU_C, EPS, WIDTH, NEG_C, TWO, ZERO, CAP, ATTN_SCALE, MIN_LOGIT = range(12)
+
+
+def _constants(cfg):
+    values = [1.0, 0.5, 0.044715 * _GELU_C, _GELU_C, RMSNORM_EPS, float(cfg.width), -RGLRU_C, 2.0, 0.0,
+              float(cfg.logits_soft_cap), cfg.head_dim ** -0.5, MIN_LOGITS_VALUE]
+    return np.array(values, dtype=cfg.dtype)
+
+
+# ------------------------------------------------------------------------------------------- row helpers
+# Each helper works on rows [r0, r1) of C-contiguous 2-D arrays and writes into a fresh scratch array whose
+# row 0 is row r0 (so a thread's group of rows never touches another group's memory).
+
+@njit(cache=True)
+def _rmsnorm(x, r0, r1, scale, cs):  # pragma: no cover - compiled by Numba
+    """x[r0:r1] * rsqrt(mean(x^2) + eps) * (1 + scale) -> (r1 - r0, D), as layers.rmsnorm_forward."""
+    D = x.shape[1]
+    out = np.empty((r1 - r0, D), x.dtype)
+    for b in range(r1 - r0):
+        s = cs[ZERO]
+        for i in range(D):
+            s += x[r0 + b, i] * x[r0 + b, i]
+        inv_rms = cs[ONE] / np.sqrt(s / cs[WIDTH] + cs[EPS])
+        for i in range(D):
+            out[b, i] = (x[r0 + b, i] * inv_rms) * (cs[ONE] + scale[i])
+    return out
+
+
+@njit(cache=True)
+def _matvec(x, w_t, out, out_col):  # pragma: no cover - compiled by Numba
+    """out[:, out_col:out_col + n_out] = x @ w_t for x: (nb, n_in), w_t: (n_in, n_out) (the weight transposed).
+
+    Each output accumulates x[b, i] * w_t[i, j] in the order i = 0, 1, ...; the inner loop runs along
+    contiguous rows of w_t and of out, so it vectorises without reassociating anything. Four rows of w_t
+    per pass over out (the same additions, in the same order: measured 1.6x faster at B = 8 than one row,
+    bit for bit the same result), and every row of the batch uses them while they are in L1."""
+    nb, n_in = x.shape
+    n_out = w_t.shape[1]
+    for b in range(nb):
+        for j in range(n_out):
+            out[b, out_col + j] = 0
+    n4 = n_in - n_in % 4
+    for i in range(0, n4, 4):
+        w0 = w_t[i]
+        w1 = w_t[i + 1]
+        w2 = w_t[i + 2]
+        w3 = w_t[i + 3]
+        for b in range(nb):
+            x0 = x[b, i]
+            x1 = x[b, i + 1]
+            x2 = x[b, i + 2]
+            x3 = x[b, i + 3]
+            o = out[b, out_col:out_col + n_out]
+            for j in range(n_out):
+                acc = o[j]
+                acc = acc + x0 * w0[j]
+                acc = acc + x1 * w1[j]
+                acc = acc + x2 * w2[j]
+                acc = acc + x3 * w3[j]
+                o[j] = acc
+    for i in range(n4, n_in):
+        for b in range(nb):
+            xi = x[b, i]
+            for j in range(n_out):
+                out[b, out_col + j] += xi * w_t[i, j]
+
+
+@njit(cache=True)
+def _linear(x, w_t, bias):  # pragma: no cover - compiled by Numba
+    """x @ w_t + bias: (nb, n_in) -> (nb, n_out); the sum first, then the bias, as layers.linear_forward."""
+    out = np.empty((x.shape[0], w_t.shape[1]), x.dtype)
+    _matvec(x, w_t, out, 0)
+    for b in range(x.shape[0]):
+        for j in range(w_t.shape[1]):
+            out[b, j] += bias[j]
+    return out
+
+
+@njit(cache=True)
+def _block_diagonal(x, w, bias):  # pragma: no cover - compiled by Numba
+    """rglru.block_diagonal_forward for one token: w: (H, E/H, E/H), bias: (H, E/H); x: (nb, E) -> (nb, E)."""
+    nb = x.shape[0]
+    H, blk = w.shape[0], w.shape[1]
+    out = np.empty_like(x)
+    xh = np.empty((nb, blk), x.dtype)
+    for h in range(H):
+        for b in range(nb):
+            for i in range(blk):
+                xh[b, i] = x[b, h * blk + i]
+        _matvec(xh, w[h], out, h * blk)
+        for b in range(nb):
+            for j in range(blk):
+                out[b, h * blk + j] += bias[h, j]
+    return out
+
+
+@njit(cache=True)
+def _one_plus_tanh(u, cs):  # pragma: no cover - compiled by Numba
+    """1 + tanh(u), written 2 / (1 + exp(-2u)). Numba's tanh is a scalar libm call (26 ns), its exp 3 ns, and
+    GeLU and the gates only ever use 1 + tanh: this form has the reference's accuracy (both err by about an
+    ulp of 1), not bit for bit its rounding."""
+    return cs[TWO] / (cs[ONE] + np.exp(-(cs[TWO] * u)))
+
+
+@njit(cache=True)
+def _gelu(x, cs):  # pragma: no cover - compiled by Numba
+    """layers.gelu_tanh_forward elementwise: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), same operations but 1 + tanh."""
+    u = x * x
+    u = u * cs[GELU_A]
+    u = u + cs[GELU_C]
+    u = u * x
+    return (_one_plus_tanh(u, cs) * x) * cs[HALF]
+
+
+@njit(cache=True)
+def _sigmoid(x, cs):  # pragma: no cover - compiled by Numba
+    """rglru.sigmoid: 0.5 (1 + tanh(x / 2))."""
+    return cs[HALF] * _one_plus_tanh(cs[HALF] * x, cs)
+
+
+@njit(cache=True)
+def _mlp_residual(residual, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0):  # pragma: no cover
+    """x_out[r0 + b] = residual[b] + mlp(rmsnorm(residual[b])) (blocks.residual_block_forward's second half)."""
+    nb, D = residual.shape
+    F = w_up.shape[2]
+    normed = _rmsnorm(residual, 0, nb, cscale, cs)
+    gate = np.empty((nb, F), residual.dtype)
+    up = np.empty((nb, F), residual.dtype)
+    _matvec(normed, w_up[0], gate, 0)
+    _matvec(normed, w_up[1], up, 0)
+    for b in range(nb):
+        for j in range(F):
+            up[b, j] = _gelu(gate[b, j] + b_up[0, j], cs) * (up[b, j] + b_up[1, j])   # hidden = gelu(up0) * up1
+    down = _linear(up, w_down_t, b_down)
+    for b in range(nb):
+        for i in range(D):
+            x_out[r0 + b, i] = residual[b, i] + down[b, i]
+
+
+# ------------------------------------------------------------------------------------------ recurrent block
+@njit(cache=True)
+def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
+                    tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
+                    cscale, w_up, b_up, w_down_t, b_down, cs,
+                    x_out, h_out, conv_x_out, conv_doc_out):  # pragma: no cover - compiled by Numba
+    """One residual block with a recurrent temporal block, for one token of rows [r0, r1).
+    x: (B, D); reset: (B,) bool (segment_pos == 0); doc: (B,) document id of the token; h: (B, E);
+    conv_x: (B, K-1, E) and conv_doc: (B, K-1) the carried Conv1D inputs, oldest first. Writes rows
+    [r0, r1) of x_out (B, D) and of the new state h_out, conv_x_out, conv_doc_out."""
+    nb = r1 - r0
+    E = h.shape[1]
+    K = conv_w.shape[0]
+    K1 = K - 1
+    normed = _rmsnorm(x, r0, r1, tscale, cs)                             # (nb, D)
+    y = _linear(normed, wy_t, by)                                        # (nb, E) then GeLU, below
+    u_pre = _linear(normed, wx_t, bx)                                    # (nb, E) Conv1D input
+    conv = np.empty((nb, E), x.dtype)                                    # (nb, E) Conv1D output
+    for b in range(nb):
+        r = r0 + b
+        for e in range(E):
+            acc = conv_b[e] + conv_w[K1, e] * u_pre[b, e]                # tap s = 0: the token itself
+            for s in range(1, K):                                        # tap s: the input s steps back,
+                if conv_doc[r, K1 - s] == doc[r]:                        # only inside the same document
+                    acc += conv_w[K1 - s, e] * conv_x[r, K1 - s, e]
+            conv[b, e] = acc
+    gate_x = _block_diagonal(conv, ig_w, ig_b)                           # (nb, E) pre-activations
+    gate_a = _block_diagonal(conv, ag_w, ag_b)
+    u = np.empty((nb, E), x.dtype)                                       # RG-LRU output times the GeLU branch
+    for b in range(nb):
+        r = r0 + b
+        for e in range(E):
+            gx = _sigmoid(gate_x[b, e], cs)                              # i_t
+            ga = _sigmoid(gate_a[b, e], cs)                              # r_t
+            log_a = (cs[NEG_C] * ga) * softplus_a[e]
+            if reset[r]:                                                 # a document start drops the state
+                multiplier = cs[ONE]
+                a = cs[ZERO]
+            else:
+                multiplier = np.sqrt(cs[ONE] - np.exp(cs[TWO] * log_a))  # sqrt(1 - a^2), a^2 = exp(2 log a)
+                a = np.exp(log_a)
+            h_new = a * h[r, e] + (conv[b, e] * gx) * multiplier
+            h_out[r, e] = h_new
+            u[b, e] = h_new * _gelu(y[b, e], cs)
+    mixed = _linear(u, wo_t, bo)                                         # (nb, D)
+    for b in range(nb):
+        r = r0 + b
+        for i in range(mixed.shape[1]):
+            mixed[b, i] = x[r, i] + mixed[b, i]                          # the residual
+        for k in range(K1 - 1):                                          # shift the carried Conv1D inputs
+            conv_doc_out[r, k] = conv_doc[r, k + 1]
+            for e in range(E):
+                conv_x_out[r, k, e] = conv_x[r, k + 1, e]
+        if K1 > 0:
+            conv_doc_out[r, K1 - 1] = doc[r]
+            for e in range(E):
+                conv_x_out[r, K1 - 1, e] = u_pre[b, e]
+    _mlp_residual(mixed, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
+
+
+@njit(cache=True, parallel=True)
+def _recurrent_parallel(n_groups, x, reset, doc, h, conv_x, conv_doc,
+                        tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
+                        cscale, w_up, b_up, w_down_t, b_down, cs,
+                        x_out, h_out, conv_x_out, conv_doc_out):  # pragma: no cover - compiled by Numba
+    B = x.shape[0]
+    for g in prange(n_groups):
+        _recurrent_rows(g * B // n_groups, (g + 1) * B // n_groups, x, reset, doc, h, conv_x, conv_doc,
+                        tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
+                        cscale, w_up, b_up, w_down_t, b_down, cs, x_out, h_out, conv_x_out, conv_doc_out)
+
+
+# ------------------------------------------------------------------------------------------ attention block
+@njit(cache=True)
+def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
+    """RMSNorm, q/k/v projections (no biases) and RoPE for rows [r0, r1). sin, cos: (B, R/2) in the model
+    dtype (rope.rope_forward's); writes q_out: (B, H, Dh), k_out, v_out: (B, Dh)."""
+    H, Dh = q_out.shape[1], q_out.shape[2]
+    half = sin.shape[1]                                                  # R/2: RoPE rotates the first R = Dh/2
+    normed = _rmsnorm(x, r0, r1, tscale, cs)
+    nb = r1 - r0
+    qk = np.empty((nb, (H + 1) * Dh), x.dtype)                           # H query heads, then the key head
+    v = np.empty((nb, Dh), x.dtype)
+    _matvec(normed, wq_t, qk, 0)
+    _matvec(normed, wk_t, qk, H * Dh)
+    _matvec(normed, wv_t, v, 0)
+    rot = np.empty(Dh, x.dtype)
+    for b in range(nb):
+        r = r0 + b
+        for n in range(H + 1):
+            base = n * Dh
+            for j in range(half):
+                x1 = qk[b, base + j]
+                x2 = qk[b, base + half + j]
+                rot[j] = x1 * cos[r, j] - x2 * sin[r, j]
+                rot[half + j] = x2 * cos[r, j] + x1 * sin[r, j]
+            for j in range(2 * half, Dh):
+                rot[j] = qk[b, base + j]
+            if n < H:
+                for j in range(Dh):
+                    q_out[r, n, j] = rot[j]
+            else:
+                for j in range(Dh):
+                    k_out[r, j] = rot[j]
+        for j in range(Dh):
+            v_out[r, j] = v[b, j]
+
+
+@njit(cache=True, parallel=True)
+def _attention_in_parallel(n_groups, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
+    B = x.shape[0]
+    for g in prange(n_groups):
+        _attention_in_rows(g * B // n_groups, (g + 1) * B // n_groups, x, sin, cos, tscale, wq_t, wk_t, wv_t,
+                           cs, q_out, k_out, v_out)
+
+
+@njit(cache=True)
+def _attend_rows(r0, r1, logits, values, doc, query_doc, cs, o):  # pragma: no cover - compiled by Numba
+    """Softmax and weighted sum for rows [r0, r1). logits: (B, M, H) raw k.q products, turned into the
+    unnormalised exp(logit - max) in place; values: (B, M, Dh) (a view of the cache); doc: (B, M) the keys'
+    document ids; writes o: (B, H * Dh). Key s is visible iff doc[b, s] == query_doc[b] (every cached key is
+    inside the window by construction); a masked logit would be MIN_LOGITS_VALUE, whose exp(MIN - max) is
+    exactly 0, so 0 is written directly. Then o[h] = sum_s (p[s, h] / total[h]) v[s]: one pass over the
+    values, each row of them used by all H heads while it is in L1."""
+    M, H = logits.shape[1], logits.shape[2]
+    Dh = values.shape[2]
+    m = np.empty(H, logits.dtype)
+    total = np.empty(H, logits.dtype)
+    for b in range(r0, r1):
+        qd = query_doc[b]
+        m[:] = cs[MIN_LOGIT]
+        for s in range(M):                                  # scale, and the max over the visible keys
+            if doc[b, s] == qd:
+                for h in range(H):
+                    val = logits[b, s, h] * cs[ATTN_SCALE]
+                    logits[b, s, h] = val
+                    if val > m[h]:
+                        m[h] = val
+        total[:] = cs[ZERO]
+        for s in range(M):                                  # exp(logit - max), 0 where masked, and the sum
+            if doc[b, s] == qd:
+                for h in range(H):
+                    p = np.exp(logits[b, s, h] - m[h])
+                    logits[b, s, h] = p
+                    total[h] += p
+            else:
+                for h in range(H):
+                    logits[b, s, h] = cs[ZERO]
+        for i in range(H * Dh):
+            o[b, i] = cs[ZERO]
+        # o[h] = sum_s (p[s, h] / total[h]) v[s], in the order s = 0, 1, ...; four keys per pass over o[h]
+        # (as _matvec). A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
+        M4 = M - M % 4
+        for s in range(0, M4, 4):
+            v0 = values[b, s]
+            v1 = values[b, s + 1]
+            v2 = values[b, s + 2]
+            v3 = values[b, s + 3]
+            for h in range(H):
+                p0 = logits[b, s, h] / total[h]
+                p1 = logits[b, s + 1, h] / total[h]
+                p2 = logits[b, s + 2, h] / total[h]
+                p3 = logits[b, s + 3, h] / total[h]
+                oh = o[b, h * Dh:(h + 1) * Dh]
+                for j in range(Dh):
+                    acc = oh[j]
+                    acc = acc + p0 * v0[j]
+                    acc = acc + p1 * v1[j]
+                    acc = acc + p2 * v2[j]
+                    acc = acc + p3 * v3[j]
+                    oh[j] = acc
+        for s in range(M4, M):
+            for h in range(H):
+                p = logits[b, s, h] / total[h]
+                for j in range(Dh):
+                    o[b, h * Dh + j] += p * values[b, s, j]
+
+
+@njit(cache=True, parallel=True)
+def _attend_parallel(n_groups, logits, values, doc, query_doc, cs, o):  # pragma: no cover - compiled by Numba
+    B = logits.shape[0]
+    for g in prange(n_groups):
+        _attend_rows(g * B // n_groups, (g + 1) * B // n_groups, logits, values, doc, query_doc, cs, o)
+
+
+@njit(cache=True)
+def _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out):  # pragma: no cover
+    """proj_final, residual, RMSNorm, gated MLP, residual for rows [r0, r1). o: (B, D) attention output."""
+    nb = r1 - r0
+    D = x.shape[1]
+    o_rows = np.empty((nb, D), x.dtype)
+    for b in range(nb):
+        for i in range(D):
+            o_rows[b, i] = o[r0 + b, i]
+    mixed = _linear(o_rows, wf_t, bf)
+    for b in range(nb):
+        for i in range(D):
+            mixed[b, i] = x[r0 + b, i] + mixed[b, i]
+    _mlp_residual(mixed, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
+
+
+@njit(cache=True, parallel=True)
+def _attention_out_parallel(n_groups, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out):  # pragma: no cover
+    B = x.shape[0]
+    for g in prange(n_groups):
+        _attention_out_rows(g * B // n_groups, (g + 1) * B // n_groups, x, o, wf_t, bf, cscale, w_up, b_up,
+                            w_down_t, b_down, cs, x_out)
+
+
+# ----------------------------------------------------------------------------------------------------- head
+@njit(cache=True)
+def _head_rows(r0, r1, x, final_scale, table_t, cs, logits):  # pragma: no cover - compiled by Numba
+    """Final RMSNorm, tied head x @ table^T, soft-cap c tanh(logits / c) (c = 0: none). logits: (B, V)."""
+    normed = _rmsnorm(x, r0, r1, final_scale, cs)
+    V = table_t.shape[1]
+    out = np.empty((r1 - r0, V), x.dtype)
+    _matvec(normed, table_t, out, 0)
+    for b in range(r1 - r0):
+        for j in range(V):
+            val = out[b, j]
+            if cs[CAP] != cs[ZERO]:
+                val = cs[CAP] * np.tanh(val / cs[CAP])
+            logits[r0 + b, j] = val
+
+
+@njit(cache=True, parallel=True)
+def _head_parallel(n_groups, x, final_scale, table_t, cs, logits):  # pragma: no cover - compiled by Numba
+    B = x.shape[0]
+    for g in prange(n_groups):
+        _head_rows(g * B // n_groups, (g + 1) * B // n_groups, x, final_scale, table_t, cs, logits)
+
+
+# -------------------------------------------------------------------------------------------- weights plan
+class DecodePlan(NamedTuple):
+    """The params rearranged for the kernels: C-contiguous, torch-layout weights (out, in) transposed to
+    (in, out), softplus(a_param) precomputed. `sources` are the arrays it was made from (checked by identity)."""
+    sources: tuple
+    blocks: tuple      # one tuple of arrays per residual block, in the kernels' argument order
+    final_scale: object
+    table_t: object    # (D, V)
+    constants: object  # cs
+
+
+def _c(arr):
+    return np.ascontiguousarray(arr)
+
+
+def _sources(params):
+    """Every params leaf, in a fixed order: a plan is reused only while all of them are the same objects."""
+    out = [params["embedder"]["input_embedding"], params["final_norm"]["scale"]]
+
+    def walk(tree):
+        if isinstance(tree, dict):
+            for key in sorted(tree):
+                walk(tree[key])
+        else:
+            out.append(tree)
+    walk(params["blocks"])
+    return tuple(out)
+
+
+def plan_matches(plan, params):
+    if plan is None:
+        return False
+    sources = _sources(params)
+    return len(sources) == len(plan.sources) and all(a is b for a, b in zip(sources, plan.sources))
+
+
+def make_plan(params, cfg):
+    """DecodePlan for params (a transposed copy of the dense weights: about the size of the model)."""
+    blocks = []
+    for kind, p in zip(cfg.block_types, params["blocks"]):
+        mlp = p["mlp_block"]
+        F = mlp["ffw_up"]["w"].shape[2]
+        mlp_args = (_c(p["channel_pre_norm"]["scale"]), _c(mlp["ffw_up"]["w"]), _c(mlp["ffw_up"]["b"].reshape(2, F)),
+                    _c(mlp["ffw_down"]["weight"].T), _c(mlp["ffw_down"]["bias"]))
+        if kind == RECURRENT:
+            r = p["recurrent_block"]
+            blocks.append((_c(p["temporal_pre_norm"]["scale"]),
+                           _c(r["linear_y"]["weight"].T), _c(r["linear_y"]["bias"]),
+                           _c(r["linear_x"]["weight"].T), _c(r["linear_x"]["bias"]),
+                           _c(r["conv_1d"]["w"]), _c(r["conv_1d"]["b"]),
+                           _c(r["rg_lru"]["input_gate"]["w"]), _c(r["rg_lru"]["input_gate"]["b"]),
+                           _c(r["rg_lru"]["a_gate"]["w"]), _c(r["rg_lru"]["a_gate"]["b"]),
+                           _c(softplus(r["rg_lru"]["a_param"])),
+                           _c(r["linear_out"]["weight"].T), _c(r["linear_out"]["bias"])) + mlp_args)
+        else:
+            a = p["attention_block"]
+            blocks.append(((_c(p["temporal_pre_norm"]["scale"]), _c(a["proj_q"]["weight"].T),
+                            _c(a["proj_k"]["weight"].T), _c(a["proj_v"]["weight"].T)),
+                           (_c(a["proj_final"]["weight"].T), _c(a["proj_final"]["bias"])) + mlp_args))
+    return DecodePlan(_sources(params), tuple(blocks), _c(params["final_norm"]["scale"]),
+                      _c(params["embedder"]["input_embedding"].T), _constants(cfg))
+
+
+def _groups(B):
+    """Row groups: one per decode thread (at most B); 1 means the serial kernels.
+
+    Decode threads: MINIGRIFFIN_DECODE_THREADS (default 1), at most Numba's thread count. Serial by default
+    because a decode step is short: on a CPU shared with other busy processes (our 2-core VM), each parallel
+    region could wait a scheduler quantum for a descheduled worker, and steps measured 10-30x slower than
+    serial. On an otherwise idle machine, 2 threads speed up B = 8 (each thread takes half the rows)."""
+    wanted = int(os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
+    return max(1, min(B, wanted, numba.get_num_threads()))
+
+
+def rope_sin_cos(positions, half, dtype):
+    """sin, cos: (B, R/2) for positions (B,), computed exactly as rope.rope_forward (float64, then cast)."""
+    R = 2 * half
+    freq = np.arange(half, dtype=np.float64)
+    inv_freq = 1.0 / MAX_WAVELENGTH ** (2.0 * freq / R)
+    theta = positions[:, None].astype(np.float64) * inv_freq               # (B, R/2)
+    return np.ascontiguousarray(np.sin(theta).astype(dtype)), np.ascontiguousarray(np.cos(theta).astype(dtype))
+
+
+def recurrent_step(plan_block, x, reset, doc, state, cs):
+    """One recurrent residual block for one token. Returns x_out (B, D), (h, conv_x, conv_doc) new arrays."""
+    B = x.shape[0]
+    h_out = np.empty_like(state.h)
+    conv_x_out = np.empty_like(state.conv_x)
+    conv_doc_out = np.empty_like(state.conv_doc)
+    x_out = np.empty_like(x)
+    args = (x, reset, doc, _c(state.h), _c(state.conv_x), _c(state.conv_doc)) + plan_block + (cs, x_out, h_out,
+                                                                                               conv_x_out, conv_doc_out)
+    n = _groups(B)
+    if n == 1:
+        _recurrent_rows(0, B, *args)
+    else:
+        _recurrent_parallel(n, *args)
+    return x_out, (h_out, conv_x_out, conv_doc_out)
+
+
+def attention_in(plan_block, x, sin, cos, num_heads, cs):
+    """q: (B, H, Dh) and k, v: (B, Dh) of one token, after RoPE."""
+    B, D = x.shape
+    Dh = D // num_heads
+    q = np.empty((B, num_heads, Dh), x.dtype)
+    k = np.empty((B, Dh), x.dtype)
+    v = np.empty((B, Dh), x.dtype)
+    n = _groups(B)
+    if n == 1:
+        _attention_in_rows(0, B, x, sin, cos, *plan_block, cs, q, k, v)
+    else:
+        _attention_in_parallel(n, x, sin, cos, *plan_block, cs, q, k, v)
+    return q, k, v
+
+
+def attention_core(q, keys, values, doc, query_doc, cs):
+    """Softmax attention of q: (B, H, Dh) over keys, values: (B, M, Dh) (views of the cache, read once each:
+    keys by one BLAS product, values by the kernel) with key document ids doc: (B, M). Returns o: (B, H * Dh).
+    K q^T, not q K^T: OpenBLAS reads a (M, Dh) x (Dh, H) product twice as fast (measured)."""
+    B, H, Dh = q.shape
+    logits = np.matmul(keys, q.transpose(0, 2, 1))                         # (B, M, H)
+    o = np.empty((B, H * Dh), q.dtype)                                     # (B, D)
+    n = _groups(B)
+    if n == 1:
+        _attend_rows(0, B, logits, values, doc, query_doc, cs, o)
+    else:
+        _attend_parallel(n, logits, values, doc, query_doc, cs, o)
+    return o
+
+
+def attention_out(plan_block, x, o, cs):
+    x_out = np.empty_like(x)
+    n = _groups(x.shape[0])
+    if n == 1:
+        _attention_out_rows(0, x.shape[0], x, o, *plan_block, cs, x_out)
+    else:
+        _attention_out_parallel(n, x, o, *plan_block, cs, x_out)
+    return x_out
+
+
+def head(plan, x):
+    B = x.shape[0]
+    logits = np.empty((B, plan.table_t.shape[1]), x.dtype)
+    n = _groups(B)
+    if n == 1:
+        _head_rows(0, B, x, plan.final_scale, plan.table_t, plan.constants, logits)
+    else:
+        _head_parallel(n, x, plan.final_scale, plan.table_t, plan.constants, logits)
+    return logits
+
+
+def embed(table, tokens, cfg):
+    """x0 for one token per row: (B,) ints -> (B, D), as head.embedding_forward."""
+    x = table[tokens]
+    if cfg.embeddings_scale_by_sqrt_dim:
+        x = x * np.asarray(embedding_scale(cfg.width), dtype=table.dtype)
+    return np.ascontiguousarray(x)
+
+
+__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "recurrent_step", "attention_in",
+           "attention_core", "attention_out", "head", "embed"]

@@ -1,0 +1,178 @@
+"""The fused T = 1 decode path (minigriffin.decode, used by forward_chunk for one token on NumPy arrays) and
+the preallocated KV cache (inference.KVBuffer).
+
+Reference: model.model_forward on the whole sequence. Tolerances as tests/test_inference.py: float64
+|decoded - full| <= 1e-12 * (|full| + max |full|); float32 the same with 1e-5 (sums run in another order
+than OpenBLAS's, and 1 + tanh is computed as 2 / (1 + exp(-2u)), so agreement is to rounding, not bitwise).
+"""
+
+import numpy as np
+import pytest
+
+from strategies import tiny_model
+
+from minigriffin import decode
+from minigriffin.inference import (AttentionState, KVBuffer, forward_chunk, init_state, state_nbytes,
+                                   state_reserved_nbytes)
+from minigriffin.model import model_forward
+
+CASES = {
+    "hawk": dict(preset="hawk-tiny"),
+    "griffin-W4": dict(preset="griffin-tiny"),                                   # W = 4 << T
+    "griffin-W0-capped": dict(preset="griffin-tiny", attention_window_size=0, embeddings_scale_by_sqrt_dim=True,
+                              logits_soft_cap=30.0),
+    "mqa-W4": dict(preset="mqa-tiny"),
+    "mqa-global": dict(preset="mqa-tiny", attention_window_size=200),           # W >= T
+}
+
+
+def _packed_positions(T, starts, first=0):
+    """segment_pos of one row: a document continues from `first`, new ones start at each index in `starts`."""
+    pos, p = [], first
+    for t in range(T):
+        p = 0 if t in starts else (p + 1 if t else p)
+        pos.append(p)
+    return np.array(pos)
+
+
+def _segment_pos(T):
+    return np.stack([np.arange(T),                                              # one document
+                     _packed_positions(T, {5, 6, 19, 40, 41, 42, 77}, first=3)])   # packed, doc starts in a row
+
+
+def _assert_close(actual, expected, tol):
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+def _decode(params, tokens, segment_pos, cfg, sizes):
+    state = init_state(cfg, tokens.shape[0])
+    outs, start = [], 0
+    for size in sizes:
+        logits, state = forward_chunk(params, tokens[:, start:start + size], segment_pos[:, start:start + size],
+                                      cfg, state)
+        outs.append(logits)
+        start += size
+    return np.concatenate(outs, axis=1), state
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_token_by_token_equals_full_forward_float64(name):
+    """100 tokens one at a time: packed documents (a start mid-sequence, three in a row), W < T, the KV
+    buffer refilled many times (tiny W = 4: a new buffer every 16 tokens)."""
+    cfg, params, _ = tiny_model(CASES[name], "float64", 3)
+    T = 100
+    segment_pos = _segment_pos(T)
+    tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
+    full, _ = model_forward(params, tokens, segment_pos, cfg)
+    stepped, state = _decode(params, tokens, segment_pos, cfg, [1] * T)
+    assert state.plan is not None and state.num_tokens == T                     # the fast path ran
+    _assert_close(stepped, full, 1e-12)                                          # float64, rtol 1e-12
+
+
+@pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
+def test_token_by_token_equals_full_forward_float32(name):
+    cfg, params, _ = tiny_model(CASES[name], "float32", 3)
+    T = 60
+    segment_pos = _segment_pos(T)
+    tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
+    full, _ = model_forward(params, tokens, segment_pos, cfg)
+    stepped, _ = _decode(params, tokens, segment_pos, cfg, [1] * T)
+    assert stepped.dtype == np.float32
+    _assert_close(stepped, full, 1e-5)                                           # float32, rtol 1e-5
+
+
+@pytest.mark.parametrize("name", ["griffin-W4", "mqa-W4", "mqa-global"])
+def test_mixing_chunks_and_single_tokens(name):
+    """Prompt chunks (T > 1, the reference path) and single steps (the fused path) hand the state back and
+    forth, through the same KV buffers."""
+    cfg, params, _ = tiny_model(CASES[name], "float64", 5)
+    sizes = [7, 1, 1, 3, 1, 1, 1, 9, 1, 2, 1, 1, 1, 1, 1, 6, 1, 1, 20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    T = sum(sizes)
+    segment_pos = _segment_pos(T)
+    tokens = np.random.default_rng(6).integers(0, cfg.vocab_size, size=segment_pos.shape)
+    full, _ = model_forward(params, tokens, segment_pos, cfg)
+    mixed, _ = _decode(params, tokens, segment_pos, cfg, sizes)
+    _assert_close(mixed, full, 1e-12)                                            # float64, rtol 1e-12
+
+
+def test_kv_buffer_is_reused_then_replaced_and_states_stay_valid():
+    """Linear decoding appends in place; a buffer fills and the last W + 1 entries move to a new one; an
+    old state continued again copies instead of overwriting what a newer state holds."""
+    cfg, params, _ = tiny_model(CASES["mqa-W4"], "float64", 7)
+    B, T, W = 2, 70, cfg.attention_window_size
+    segment_pos = np.tile(np.arange(T), (B, 1))
+    tokens = np.random.default_rng(8).integers(0, cfg.vocab_size, size=(B, T))
+    full, _ = model_forward(params, tokens, segment_pos, cfg)
+    state = init_state(cfg, B)
+    buffers, states = [], []
+    for t in range(T):
+        logits, state = forward_chunk(params, tokens[:, t:t + 1], segment_pos[:, t:t + 1], cfg, state)
+        _assert_close(logits[:, 0], full[:, t], 1e-12)                          # float64, rtol 1e-12
+        block = state.blocks[0]
+        assert isinstance(block.buffer, KVBuffer) and block.keys.shape == (B, min(t + 1, W), cfg.head_dim)
+        assert np.shares_memory(block.keys, block.buffer.keys)                  # a view, not a copy
+        buffers.append(block.buffer)
+        states.append(state)
+    assert len({id(b) for b in buffers}) >= 4                                    # wrapped around several times
+    assert buffers[10] is buffers[11]                                            # ... appending in place between
+    # Continue an old state twice: each time it must give the full forward's next logits, and the newer
+    # states built on the same buffer must still hold what they held.
+    keys_before = states[-1].blocks[0].keys.copy()
+    for _ in range(2):
+        logits, _ = forward_chunk(params, tokens[:, 31:32], segment_pos[:, 31:32], cfg, states[30])
+        _assert_close(logits[:, 0], full[:, 31], 1e-12)                         # float64, rtol 1e-12
+    np.testing.assert_array_equal(states[-1].blocks[0].keys, keys_before)
+
+
+def test_state_nbytes_counts_the_cache_not_the_spare_room():
+    cfg, params, _ = tiny_model(dict(preset="griffin-tiny", attention_window_size=16), "float64", 0)
+    tokens = np.zeros((1, 40), np.int64)
+    pos = np.arange(40)[None]
+    _, state = _decode(params, tokens, pos, cfg, [1] * 40)
+    W, Dh = cfg.attention_window_size, cfg.head_dim
+    attention = [b for b in state.blocks if isinstance(b, AttentionState)]
+    assert [b.keys.shape for b in attention] == [(1, W, Dh)]
+    _, reference_state = _decode(params, tokens, pos, cfg, [40])                 # chunk path: same accounting
+    assert state_nbytes(state) == state_nbytes(reference_state)
+    assert state_reserved_nbytes(state) >= state_nbytes(state)
+    assert state_reserved_nbytes(state) - state_nbytes(state) <= (W + 1 + 16) * (2 * 8 * Dh + 8)
+
+
+def test_hand_built_attention_state_is_moved_into_a_buffer():
+    """AttentionState(keys, values, doc) of plain arrays (as benchmarks and notebooks build) still works."""
+    cfg, params, _ = tiny_model(CASES["mqa-global"], "float64", 9)
+    T = 12
+    pos = np.arange(T)[None]
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, T))
+    full, _ = model_forward(params, tokens, pos, cfg)
+    _, state = _decode(params, tokens[:, :T - 1], pos[:, :T - 1], cfg, [T - 1])
+    plain = state._replace(blocks=tuple(AttentionState(b.keys.copy(), b.values.copy(), b.doc.copy())
+                                        for b in state.blocks), plan=None)
+    logits, new = forward_chunk(params, tokens[:, T - 1:], pos[:, T - 1:], cfg, plain)
+    _assert_close(logits[:, 0], full[:, T - 1], 1e-12)                          # float64, rtol 1e-12
+    assert all(b.buffer is not None for b in new.blocks)
+
+
+def test_plan_is_rebuilt_for_other_params():
+    cfg, params, _ = tiny_model(CASES["hawk"], "float64", 1)
+    _, other, _ = tiny_model(CASES["hawk"], "float64", 2)
+    tokens = np.array([[3]])
+    _, state = forward_chunk(params, tokens, np.array([[0]]), cfg, init_state(cfg, 1))
+    assert decode.plan_matches(state.plan, params) and not decode.plan_matches(state.plan, other)
+    a, _ = forward_chunk(other, tokens, np.array([[1]]), cfg, state)
+    b, _ = forward_chunk(other, tokens, np.array([[1]]), cfg, state._replace(plan=None))
+    np.testing.assert_array_equal(a, b)                                          # float64, bitwise
+
+
+def test_parallel_row_groups_equal_serial(monkeypatch):
+    """B > 1 splits rows between threads; each row's arithmetic is the same whatever the split."""
+    cfg, params, _ = tiny_model(CASES["griffin-W4"], "float64", 3)
+    B, T = 5, 12
+    segment_pos = np.tile(np.arange(T), (B, 1))
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, size=(B, T))
+    results = []
+    for groups in (1, 2, 3):
+        monkeypatch.setattr(decode, "_groups", lambda B, g=groups: min(B, g))
+        results.append(_decode(params, tokens, segment_pos, cfg, [1] * T)[0])
+    np.testing.assert_array_equal(results[0], results[1])                       # float64, bitwise
+    np.testing.assert_array_equal(results[0], results[2])                       # float64, bitwise
