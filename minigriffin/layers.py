@@ -7,11 +7,14 @@
 
 Conventions (docs/conventions.md): `*_forward(...) -> (out, cache)`, `*_backward(dout, cache) -> (dx, grads)`,
 grads a dict with the parameter's keys; backward returns fresh arrays. Derivations: docs/backprop.md.
+GeLU and the MLP's gate run as fused Numba kernels on NumPy arrays (minigriffin/fused.py: the same formulas
+in one pass over memory); the NumPy code below is their definition and what CuPy arrays run.
 """
 
 import math
 from typing import NamedTuple
 
+from minigriffin import fused
 from minigriffin.xp import array_namespace
 
 RMSNORM_EPS = 1e-6
@@ -81,6 +84,9 @@ class GeluCache(NamedTuple):
 def gelu_tanh_forward(x):
     """GeLU, tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
     Written with in-place operations: on a (B, T, F) activation each temporary is a full memory pass."""
+    if fused.applies(x):
+        out, tanh_u = fused.gelu_tanh_forward(x)                 # the same formula, 3 passes instead of 8
+        return out, GeluCache(x, tanh_u)
     xp = array_namespace(x)
     tanh_u = x * x                                       # x^2
     tanh_u *= 0.044715 * _GELU_C
@@ -95,6 +101,8 @@ def gelu_tanh_forward(x):
 
 def gelu_tanh_backward(dy, cache):
     x, tanh_u = cache
+    if fused.applies(dy, x, tanh_u):
+        return fused.gelu_tanh_backward(dy, x, tanh_u)           # the formula below in one pass
     # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     du_dx = x * x
     du_dx *= 3 * 0.044715 * _GELU_C
@@ -126,8 +134,12 @@ def mlp_forward(x, p):
     xp = array_namespace(x)
     up = xp.matmul(x[None], p["ffw_up"]["w"][:, None])                       # (2, B, T, F): x @ w[c]
     up += p["ffw_up"]["b"]                                  # + b[c], in place: no second (2, B, T, F) array
-    gate, gelu_cache = gelu_tanh_forward(up[0])                                # (B, T, F)
-    hidden = gate * up[1]                                                      # (B, T, F)
+    if fused.applies(up):
+        gate, hidden, tanh_u = fused.mlp_gate_forward(up)                      # the two lines below, fused
+        gelu_cache = GeluCache(up[0], tanh_u)
+    else:
+        gate, gelu_cache = gelu_tanh_forward(up[0])                            # (B, T, F)
+        hidden = gate * up[1]                                                  # (B, T, F)
     out, down_cache = linear_forward(hidden, p["ffw_down"])                    # (B, T, D)
     return out, MLPCache(x, p["ffw_up"]["w"], up, gelu_cache, gate, down_cache)
 
@@ -135,10 +147,13 @@ def mlp_forward(x, p):
 def mlp_backward(dout, cache):
     xp = array_namespace(dout)
     dhidden, down_grads = linear_backward(dout, cache.down)                    # (B, T, F)
-    dup = xp.empty_like(cache.up)                                              # (2, B, T, F)
-    xp.multiply(dhidden, cache.gate, out=dup[1])            # forward was hidden = gate * up[1]
-    xp.multiply(dhidden, cache.up[1], out=dup[0])
-    dup[0] = gelu_tanh_backward(dup[0], cache.gelu)
+    if fused.applies(dhidden, cache.up):
+        dup = fused.mlp_gate_backward(dhidden, cache.up, cache.gate, cache.gelu.tanh_u)   # the 4 lines below
+    else:
+        dup = xp.empty_like(cache.up)                                          # (2, B, T, F)
+        xp.multiply(dhidden, cache.gate, out=dup[1])        # forward was hidden = gate * up[1]
+        xp.multiply(dhidden, cache.up[1], out=dup[0])
+        dup[0] = gelu_tanh_backward(dup[0], cache.gelu)
     F = dup.shape[-1]
     D = cache.x.shape[-1]
     # forward was up[c] = x @ w_up[c] + b[c]

@@ -1,0 +1,204 @@
+"""Fused CPU kernels (Numba) for the elementwise chains of a training step: the same formulas, fewer passes.
+
+After the matmuls, a step's time goes to chains of elementwise NumPy operations, each of which reads and
+writes a whole (B, T, F) array: GeLU's backward is ten such passes, the RG-LRU's backward about twenty.
+The readable NumPy versions in layers.py and rglru.py remain the definition (and the code CuPy arrays run);
+for NumPy arrays, these kernels compute the same expressions in one pass over memory. The one thing they
+leave to NumPy is tanh: NumPy's is vectorised (SIMD), while a tanh inside a Numba loop is a scalar libm call
+several times slower (measured: 93 ms against 14 ms for a GeLU over (4096, 768) float32). So GeLU's forward is
+a Numba pass for the polynomial, NumPy's tanh in place, and a Numba pass for the rest: 3 passes, not 8.
+
+Rules for every kernel here:
+  - no `fastmath`: each multiply and add is IEEE, as in NumPy (the order may differ, so float64 results agree
+    with the NumPy code to ~1e-16 relative, not bit for bit; tests/test_fused.py checks float32 and float64);
+  - constants are passed in the array's dtype, so float32 arithmetic stays float32 (a Python float literal
+    would make Numba compute in float64, unlike NumPy, which casts Python scalars to the array's dtype);
+  - inputs are 2-D C-contiguous (rows, channels) views of the (B, T, ...) activations;
+  - each kernel has a serial and a multithreaded build. Inside a data-parallel worker (minigriffin.parallel,
+    one Numba thread) the serial one runs, so two Python threads never launch parallel regions at once
+    (Numba's fallback "workqueue" threading layer does not allow that).
+
+Disable with MINIGRIFFIN_FUSED=0 (then every layer runs its NumPy code; useful to compare).
+"""
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+ENABLED = os.environ.get("MINIGRIFFIN_FUSED", "1") != "0"
+_GELU_C = math.sqrt(2.0 / math.pi)
+PARALLEL_MIN_ELEMENTS = 1 << 16          # below this, starting the thread team costs more than the work
+
+
+def applies(*arrays):
+    """Whether the fused kernels run for these arrays: plain NumPy float arrays (CuPy arrays run the array code)."""
+    return ENABLED and all(type(arr) is np.ndarray and arr.dtype in (np.float32, np.float64) for arr in arrays)
+
+
+def _rows(arr):
+    """(rows, channels) C-contiguous view of a (..., C) array (a copy only if it is not contiguous)."""
+    return np.ascontiguousarray(arr).reshape(-1, arr.shape[-1])
+
+
+def _pick(serial, parallel, size):
+    return parallel if size >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1 else serial
+
+
+def _both(fn):
+    """(serial, parallel) builds of one kernel body written with prange over rows."""
+    return njit(cache=True, nogil=True)(fn), njit(cache=True, nogil=True, parallel=True)(fn)
+
+
+def _c(arr, value):
+    return arr.dtype.type(value)
+
+
+# ---------------------------------------------------------------------------------------------- GeLU
+def _gelu_inner_body(x, u, k1, c):  # pragma: no cover - compiled by Numba
+    """u = c (x + 0.044715 x^3), written as (x^2 * 0.044715 c + c) * x as layers.gelu_tanh_forward does."""
+    for r in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j]
+            u[r, j] = (v * v * k1 + c) * v
+
+
+def _gelu_outer_body(x, t, out, half, one):  # pragma: no cover - compiled by Numba
+    """out = 0.5 x (1 + t)."""
+    for r in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = (t[r, j] + one) * x[r, j] * half
+
+
+def _gelu_backward_body(dy, x, t, grad, half, one, k3, c):  # pragma: no cover - compiled by Numba
+    """grad = dy * 0.5 ((1 + t) + x (1 - t^2) c (1 + 3 * 0.044715 x^2))   (docs/backprop.md, GeLU)."""
+    for r in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j]
+            tv = t[r, j]
+            du_dx = v * v * k3 + c
+            grad[r, j] = ((tv + one) + v * (one - tv * tv) * du_dx) * half * dy[r, j]
+
+
+_gelu_inner = _both(_gelu_inner_body)
+_gelu_outer = _both(_gelu_outer_body)
+_gelu_backward = _both(_gelu_backward_body)
+
+
+def gelu_tanh_forward(x):
+    """(out, tanh_u) for GeLU's tanh approximation; x: (..., F). The fused version of layers.gelu_tanh_forward."""
+    x2 = _rows(x)
+    tanh_u = np.empty_like(x2)
+    _pick(*_gelu_inner, x2.size)(x2, tanh_u, _c(x2, 0.044715 * _GELU_C), _c(x2, _GELU_C))
+    np.tanh(tanh_u, out=tanh_u)                                  # NumPy's SIMD tanh, in place
+    out = np.empty_like(x2)
+    _pick(*_gelu_outer, x2.size)(x2, tanh_u, out, _c(x2, 0.5), _c(x2, 1.0))
+    return out.reshape(x.shape), tanh_u.reshape(x.shape)
+
+
+def gelu_tanh_backward(dy, x, tanh_u):
+    """dx for GeLU given the forward's x and tanh_u; all (..., F)."""
+    x2 = _rows(x)
+    grad = np.empty_like(x2)
+    _pick(*_gelu_backward, x2.size)(_rows(dy), x2, _rows(tanh_u), grad, _c(x2, 0.5), _c(x2, 1.0),
+                                    _c(x2, 3 * 0.044715 * _GELU_C), _c(x2, _GELU_C))
+    return grad.reshape(x.shape)
+
+
+# -------------------------------------------------------------------------------------- gated MLP gate
+def _gate_outer_body(x, t, up1, gate, hidden, half, one):  # pragma: no cover - compiled by Numba
+    """gate = 0.5 x (1 + t) = gelu(branch 0); hidden = gate * branch 1."""
+    for r in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            g = (t[r, j] + one) * x[r, j] * half
+            gate[r, j] = g
+            hidden[r, j] = g * up1[r, j]
+
+
+def _gate_backward_body(dhidden, up0, up1, t, gate, dup0, dup1, half, one, k3, c):  # pragma: no cover
+    """dup1 = dhidden * gate; dup0 = gelu'(up0) * dhidden * up1 (hidden = gelu(up0) * up1)."""
+    for r in prange(up0.shape[0]):
+        for j in range(up0.shape[1]):
+            dh = dhidden[r, j]
+            dup1[r, j] = dh * gate[r, j]
+            v = up0[r, j]
+            tv = t[r, j]
+            du_dx = v * v * k3 + c
+            dup0[r, j] = ((tv + one) + v * (one - tv * tv) * du_dx) * half * (dh * up1[r, j])
+
+
+_gate_outer = _both(_gate_outer_body)
+_gate_backward = _both(_gate_backward_body)
+
+
+def mlp_gate_forward(up):
+    """up: (2, ..., F) both branches (bias included) -> gate = gelu(up[0]), hidden = gate * up[1], tanh_u."""
+    up0, up1 = _rows(up[0]), _rows(up[1])
+    tanh_u = np.empty_like(up0)
+    _pick(*_gelu_inner, up0.size)(up0, tanh_u, _c(up0, 0.044715 * _GELU_C), _c(up0, _GELU_C))
+    np.tanh(tanh_u, out=tanh_u)
+    gate, hidden = np.empty_like(up0), np.empty_like(up0)
+    _pick(*_gate_outer, up0.size)(up0, tanh_u, up1, gate, hidden, _c(up0, 0.5), _c(up0, 1.0))
+    shape = up.shape[1:]
+    return gate.reshape(shape), hidden.reshape(shape), tanh_u.reshape(shape)
+
+
+def mlp_gate_backward(dhidden, up, gate, tanh_u):
+    """dup: (2, ..., F), the gradients of both branches from dhidden: (..., F)."""
+    dup = np.empty(up.shape, up.dtype)                           # (2, ..., F)
+    up0 = _rows(up[0])
+    _pick(*_gate_backward, up0.size)(_rows(dhidden), up0, _rows(up[1]), _rows(tanh_u), _rows(gate),
+                                     dup[0].reshape(up0.shape), dup[1].reshape(up0.shape), _c(up0, 0.5),
+                                     _c(up0, 1.0), _c(up0, 3 * 0.044715 * _GELU_C), _c(up0, _GELU_C))
+    return dup
+
+
+# ------------------------------------------------------------------------------------ RG-LRU backward
+def _rglru_backward_body(dnx, da_scan, reset, x, gate_x, gate_a, a, a_square, multiplier, softplus_a,
+                         dx, dpre_x, dpre_a, da_param_rows, one, two, four, min_4z, neg_c):  # pragma: no cover
+    """Everything rglru_backward does between the scan's backward and the gates' block-diagonal backward,
+    per element, in the same order of operations (see rglru.py for each line's derivation).
+    da_param_rows[r] gets row r's sum over channels of -C gate_a dlog_a, per channel: (rows, E) -> summed later."""
+    for r in prange(x.shape[0]):
+        is_reset = reset[r]
+        for j in range(x.shape[1]):
+            g_nx = dnx[r, j]
+            xv = x[r, j]
+            gx = gate_x[r, j]
+            ga = gate_a[r, j]
+            a_sq = a_square[r, j]
+            if is_reset:                                         # a_scan = 0 and multiplier = 1 at a reset
+                da = a_sq * 0
+                dmultiplier = da
+            else:
+                da = da_scan[r, j]
+                dmultiplier = g_nx * (xv * gx)                   # normalized_x = (x * gate_x) * multiplier
+            dgated_x = g_nx * multiplier[r, j]
+            z = one - a_sq
+            dz = dmultiplier / np.sqrt(max(four * z, min_4z))    # sqrt's derivative capped (SqrtBoundDerivative)
+            dlog_a = a[r, j] * da - two * a_sq * dz
+            dgate_a = neg_c * softplus_a[j] * dlog_a
+            da_param_rows[r, j] = neg_c * ga * dlog_a
+            dx[r, j] = dgated_x * gx
+            dpre_x[r, j] = dgated_x * xv * gx * (one - gx)       # sigmoid' = gate (1 - gate)
+            dpre_a[r, j] = dgate_a * ga * (one - ga)
+
+
+_rglru_backward = _both(_rglru_backward_body)
+
+
+def rglru_gates_backward(dnormalized_x, da_scan, reset, c, max_sqrt_gradient, C):
+    """(dx from the gated input, dpre_x, dpre_a, da_param before the softplus derivative) for rglru_backward.
+    dnormalized_x, da_scan: (B, T, E); reset: (B, T, 1) bool; c: the RGLRUCache."""
+    x = _rows(c.x)
+    rows, E = x.shape
+    dx, dpre_x, dpre_a, da_param_rows = (np.empty_like(x) for _ in range(4))
+    _pick(*_rglru_backward, x.size)(_rows(dnormalized_x), _rows(da_scan), np.ascontiguousarray(reset).reshape(-1),
+                                    x, _rows(c.gate_x), _rows(c.gate_a), _rows(c.a), _rows(c.a_square),
+                                    _rows(c.multiplier), np.ascontiguousarray(c.softplus_a_param), dx, dpre_x,
+                                    dpre_a, da_param_rows, _c(x, 1.0), _c(x, 2.0), _c(x, 4.0),
+                                    _c(x, 1.0 / max_sqrt_gradient**2), _c(x, -C))
+    shape = c.x.shape
+    return dx.reshape(shape), dpre_x.reshape(shape), dpre_a.reshape(shape), da_param_rows.sum(axis=0)
