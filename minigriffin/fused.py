@@ -18,15 +18,15 @@ Rules for every kernel here:
     one Numba thread) the serial one runs, so two Python threads never launch parallel regions at once
     (Numba's fallback "workqueue" threading layer does not allow that).
 
-Disable with MINIGRIFFIN_FUSED=0 (then every layer runs its NumPy code; useful to compare).
+Disable with MINIGRIFFIN_FUSED=0 (then every layer runs its NumPy code; useful to compare). Numba is imported
+and the kernels compiled (or loaded from Numba's cache) on first use, never at import.
 """
 
+import functools
 import math
 import os
 
-import numba
 import numpy as np
-from numba import njit, prange
 
 ENABLED = os.environ.get("MINIGRIFFIN_FUSED", "1") != "0"
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -43,13 +43,27 @@ def _rows(arr):
     return np.ascontiguousarray(arr).reshape(-1, arr.shape[-1])
 
 
-def _pick(serial, parallel, size):
+prange = range   # numba.prange once the kernels are built (_kernels); the bodies below read as plain Python
+
+
+@functools.cache
+def _kernels():
+    """Every kernel body compiled twice, serial and multithreaded (imports Numba; compiles or loads its cache)."""
+    global prange
+    import numba
+    prange = numba.prange
+    bodies = {"gelu_inner": _gelu_inner_body, "gelu_outer": _gelu_outer_body, "gelu_backward": _gelu_backward_body,
+              "gate_outer": _gate_outer_body, "gate_backward": _gate_backward_body,
+              "rglru_backward": _rglru_backward_body}
+    return {name: (numba.njit(cache=True, nogil=True)(body), numba.njit(cache=True, nogil=True, parallel=True)(body))
+            for name, body in bodies.items()}
+
+
+def _pick(name, size):
+    """The multithreaded build for big inputs when Numba may use more than one thread, else the serial one."""
+    import numba
+    serial, parallel = _kernels()[name]
     return parallel if size >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1 else serial
-
-
-def _both(fn):
-    """(serial, parallel) builds of one kernel body written with prange over rows."""
-    return njit(cache=True, nogil=True)(fn), njit(cache=True, nogil=True, parallel=True)(fn)
 
 
 def _c(arr, value):
@@ -82,19 +96,16 @@ def _gelu_backward_body(dy, x, t, grad, half, one, k3, c):  # pragma: no cover -
             grad[r, j] = ((tv + one) + v * (one - tv * tv) * du_dx) * half * dy[r, j]
 
 
-_gelu_inner = _both(_gelu_inner_body)
-_gelu_outer = _both(_gelu_outer_body)
-_gelu_backward = _both(_gelu_backward_body)
 
 
 def gelu_tanh_forward(x):
     """(out, tanh_u) for GeLU's tanh approximation; x: (..., F). The fused version of layers.gelu_tanh_forward."""
     x2 = _rows(x)
     tanh_u = np.empty_like(x2)
-    _pick(*_gelu_inner, x2.size)(x2, tanh_u, _c(x2, 0.044715 * _GELU_C), _c(x2, _GELU_C))
+    _pick("gelu_inner", x2.size)(x2, tanh_u, _c(x2, 0.044715 * _GELU_C), _c(x2, _GELU_C))
     np.tanh(tanh_u, out=tanh_u)                                  # NumPy's SIMD tanh, in place
     out = np.empty_like(x2)
-    _pick(*_gelu_outer, x2.size)(x2, tanh_u, out, _c(x2, 0.5), _c(x2, 1.0))
+    _pick("gelu_outer", x2.size)(x2, tanh_u, out, _c(x2, 0.5), _c(x2, 1.0))
     return out.reshape(x.shape), tanh_u.reshape(x.shape)
 
 
@@ -102,7 +113,7 @@ def gelu_tanh_backward(dy, x, tanh_u):
     """dx for GeLU given the forward's x and tanh_u; all (..., F)."""
     x2 = _rows(x)
     grad = np.empty_like(x2)
-    _pick(*_gelu_backward, x2.size)(_rows(dy), x2, _rows(tanh_u), grad, _c(x2, 0.5), _c(x2, 1.0),
+    _pick("gelu_backward", x2.size)(_rows(dy), x2, _rows(tanh_u), grad, _c(x2, 0.5), _c(x2, 1.0),
                                     _c(x2, 3 * 0.044715 * _GELU_C), _c(x2, _GELU_C))
     return grad.reshape(x.shape)
 
@@ -129,18 +140,16 @@ def _gate_backward_body(dhidden, up0, up1, t, gate, dup0, dup1, half, one, k3, c
             dup0[r, j] = ((tv + one) + v * (one - tv * tv) * du_dx) * half * (dh * up1[r, j])
 
 
-_gate_outer = _both(_gate_outer_body)
-_gate_backward = _both(_gate_backward_body)
 
 
 def mlp_gate_forward(up):
     """up: (2, ..., F) both branches (bias included) -> gate = gelu(up[0]), hidden = gate * up[1], tanh_u."""
     up0, up1 = _rows(up[0]), _rows(up[1])
     tanh_u = np.empty_like(up0)
-    _pick(*_gelu_inner, up0.size)(up0, tanh_u, _c(up0, 0.044715 * _GELU_C), _c(up0, _GELU_C))
+    _pick("gelu_inner", up0.size)(up0, tanh_u, _c(up0, 0.044715 * _GELU_C), _c(up0, _GELU_C))
     np.tanh(tanh_u, out=tanh_u)
     gate, hidden = np.empty_like(up0), np.empty_like(up0)
-    _pick(*_gate_outer, up0.size)(up0, tanh_u, up1, gate, hidden, _c(up0, 0.5), _c(up0, 1.0))
+    _pick("gate_outer", up0.size)(up0, tanh_u, up1, gate, hidden, _c(up0, 0.5), _c(up0, 1.0))
     shape = up.shape[1:]
     return gate.reshape(shape), hidden.reshape(shape), tanh_u.reshape(shape)
 
@@ -149,7 +158,7 @@ def mlp_gate_backward(dhidden, up, gate, tanh_u):
     """dup: (2, ..., F), the gradients of both branches from dhidden: (..., F)."""
     dup = np.empty(up.shape, up.dtype)                           # (2, ..., F)
     up0 = _rows(up[0])
-    _pick(*_gate_backward, up0.size)(_rows(dhidden), up0, _rows(up[1]), _rows(tanh_u), _rows(gate),
+    _pick("gate_backward", up0.size)(_rows(dhidden), up0, _rows(up[1]), _rows(tanh_u), _rows(gate),
                                      dup[0].reshape(up0.shape), dup[1].reshape(up0.shape), _c(up0, 0.5),
                                      _c(up0, 1.0), _c(up0, 3 * 0.044715 * _GELU_C), _c(up0, _GELU_C))
     return dup
@@ -186,7 +195,6 @@ def _rglru_backward_body(dnx, da_scan, reset, x, gate_x, gate_a, a, a_square, mu
             dpre_a[r, j] = dgate_a * ga * (one - ga)
 
 
-_rglru_backward = _both(_rglru_backward_body)
 
 
 def rglru_gates_backward(dnormalized_x, da_scan, reset, c, max_sqrt_gradient, C):
@@ -195,7 +203,7 @@ def rglru_gates_backward(dnormalized_x, da_scan, reset, c, max_sqrt_gradient, C)
     x = _rows(c.x)
     rows, E = x.shape
     dx, dpre_x, dpre_a, da_param_rows = (np.empty_like(x) for _ in range(4))
-    _pick(*_rglru_backward, x.size)(_rows(dnormalized_x), _rows(da_scan), np.ascontiguousarray(reset).reshape(-1),
+    _pick("rglru_backward", x.size)(_rows(dnormalized_x), _rows(da_scan), np.ascontiguousarray(reset).reshape(-1),
                                     x, _rows(c.gate_x), _rows(c.gate_a), _rows(c.a), _rows(c.a_square),
                                     _rows(c.multiplier), np.ascontiguousarray(c.softplus_a_param), dx, dpre_x,
                                     dpre_a, da_param_rows, _c(x, 1.0), _c(x, 2.0), _c(x, 4.0),
