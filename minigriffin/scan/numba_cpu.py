@@ -46,6 +46,8 @@ Compilation happens on the first call (never at import) and is cached on disk (`
 set NUMBA_CACHE_DIR if the package folder is read-only).
 """
 
+import types
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -237,12 +239,29 @@ def _chunked_body(x, a, h0, out, q, prod, fuse, n_steps, reverse, parts, head, t
             _run_forward(x, a, out, q, prod, fuse, b, 0, D, s0, s1, state)
 
 
+def _variant(body, suffix, **options):
+    """njit(body) under its own name, so that each compiled variant gets its own on-disk cache entry.
+
+    Numba names a cache entry after the Python function (module, qualified name, line) and the argument
+    types, not the compile options. Two dispatchers of one function, one with parallel=True and one
+    without, therefore share an entry, and whichever compiles first is loaded by the other: we measured
+    the "parallel" kernel running on one thread (its calling thread's CPU time equal to the wall time)
+    after the tests had compiled the serial one. A copy of the function with a distinct __qualname__
+    gets its own entry.
+    """
+    clone = types.FunctionType(body.__code__, body.__globals__, body.__name__ + suffix, body.__defaults__,
+                               body.__closure__)
+    clone.__qualname__ = body.__qualname__ + suffix
+    clone.__doc__ = body.__doc__
+    return njit(cache=True, nogil=True, **options)(clone)
+
+
 # Each kernel is compiled twice: multithreaded, and single-threaded for small inputs, where starting the
 # thread team costs more than the work (and on a busy machine a parallel region waits for a free core).
-_scan_parallel = njit(parallel=True, cache=True, nogil=True)(_scan_body)
-_scan_serial = njit(cache=True, nogil=True)(_scan_body)
-_chunked_parallel = njit(parallel=True, cache=True, nogil=True)(_chunked_body)
-_chunked_serial = njit(cache=True, nogil=True)(_chunked_body)
+_scan_parallel = _variant(_scan_body, "_parallel", parallel=True)
+_scan_serial = _variant(_scan_body, "_serial")
+_chunked_parallel = _variant(_chunked_body, "_parallel", parallel=True)
+_chunked_serial = _variant(_chunked_body, "_serial")
 
 
 def _block_size(B, D, itemsize, threads):
