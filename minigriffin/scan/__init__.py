@@ -9,8 +9,11 @@ h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but 
 
 Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily through
 `_REGISTRY`; the backward is written once, here, on top of that primitive, so every backend gets its
-backward for free. A backend may also export `multiply(p, q, out)` for the backward's one elementwise
-product (numba does, because NumPy's runs on one thread); otherwise the array library's is used. See docs/scan.md for the derivation and notebooks for the walk-through.
+backward for free. Two optional hooks let a backend speed up the backward's one elementwise product
+da_t = g_t * h_prev without writing a backward of its own: `scan_times_state(x, a, h0, reverse, out, q,
+prod)`, a scan that also writes prod = (state entering each step) * q as it streams past (numba: it saves
+a pass over g), or else `multiply(p, q, out)`; without either the array library's multiply is used.
+See docs/scan.md for the derivation and notebooks for the walk-through.
 
 Notebook: notebooks/01_linear_scan.ipynb
 """
@@ -193,23 +196,28 @@ def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="
     # The time index where the forward ended (h_last came from there) and where it started.
     end, start = (0, T - 1) if reverse else (T - 1, 0)
     dx_out, da_out = (None, None) if out is None else out
-    g = _output_buffer(dx_out, dh, (dh, a, h), "out[0] (dx)")   # (B, T, D) g = dL/dx
+    g = _output_buffer(dx_out, dh, (dh, a, h), "out[0] (dx)")        # (B, T, D) g = dL/dx
+    da = _output_buffer(da_out, dh, (dh, a, h, g), "out[1] (da)")    # (B, T, D)
     g[:, end] = dh[:, end] if dh_last is None else dh[:, end] + dh_last
-    # Scan the remaining T-1 steps the other way, starting from g_end; each step's multiplier is the
-    # forward multiplier one step later in the forward's order. Views, no copies.
-    with np.errstate(invalid="ignore", over="ignore"):    # non-finite results get a clear error below
-        if T > 1 and reverse:    # forward went T-1 -> 0, so the gradient flows 0 -> T-1 with a_{t-1}
-            impl.scan(dh[:, 1:], a[:, :-1], g[:, 0], False, g[:, 1:])
-        elif T > 1:              # forward went 0 -> T-1, so the gradient flows T-1 -> 0 with a_{t+1}
-            impl.scan(dh[:, :-1], a[:, 1:], g[:, T - 1], True, g[:, :-1])
+    if T > 1:
+        # Scan the remaining T-1 steps the other way, starting from g_end; each step's multiplier is the
+        # forward multiplier one step later in the forward's order. Views, no copies. Along the way,
+        # forward h_t = a_t * h_prev + x_t gives da_t = g_t * h_prev: the g that the gradient scan carries
+        # *into* a step, times the forward state of that step, is da of the step after it.
+        if reverse:   # forward went T-1 -> 0, so the gradient flows 0 -> T-1 with a_{t-1}; h_prev is h_{t+1}
+            scan_args = (dh[:, 1:], a[:, :-1], g[:, 0], False, g[:, 1:])
+            entering, h_of_step, da_next = g[:, :-1], h[:, 1:], da[:, :-1]
+        else:         # forward went 0 -> T-1, so the gradient flows T-1 -> 0 with a_{t+1}; h_prev is h_{t-1}
+            scan_args = (dh[:, :-1], a[:, 1:], g[:, T - 1], True, g[:, :-1])
+            entering, h_of_step, da_next = g[:, 1:], h[:, :-1], da[:, 1:]
+        with np.errstate(invalid="ignore", over="ignore"):    # non-finite results get a clear error below
+            if hasattr(impl, "scan_times_state"):      # one pass: the product is formed as the scan streams
+                impl.scan_times_state(*scan_args, h_of_step, da_next)
+            else:
+                impl.scan(*scan_args)
+                multiply = getattr(impl, "multiply", None) or (lambda p, q, out: xp.multiply(p, q, out=out))
+                multiply(entering, h_of_step, da_next)
     _raise_if_not_finite(g[:, start], (("dh", dh), ("dh_last", dh_last), ("a", a)))
-    da = _output_buffer(da_out, dh, (dh, a, h, g), "out[1] (da)")   # (B, T, D)
-    # forward was h_t = a_t * h_prev + x_t  ->  da_t = g_t * h_prev, dh_prev += a_t * g_t
-    multiply = getattr(impl, "multiply", None) or (lambda p, q, out: xp.multiply(p, q, out=out))
-    if T > 1 and reverse:
-        multiply(g[:, :-1], h[:, 1:], da[:, :-1])          # h_prev of step t is h_{t+1}
-    elif T > 1:
-        multiply(g[:, 1:], h[:, :-1], da[:, 1:])           # h_prev of step t is h_{t-1}
     if h0 is None:
         da[:, start] = 0
         dh0 = None
