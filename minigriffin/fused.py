@@ -51,11 +51,12 @@ def _kernels():
     """Every kernel body compiled twice, serial and multithreaded (imports Numba; compiles or loads its cache)."""
     global prange
     import numba
-    prange = numba.prange
+    prange = numba.prange                            # must be set before the first compilation
     bodies = {"gelu_inner": _gelu_inner_body, "gelu_outer": _gelu_outer_body, "gelu_backward": _gelu_backward_body,
               "gate_outer": _gate_outer_body, "gate_backward": _gate_backward_body,
               "rglru_backward": _rglru_backward_body}
-    return {name: (numba.njit(cache=True, nogil=True)(body), numba.njit(cache=True, nogil=True, parallel=True)(body))
+    from minigriffin.scan.numba_cpu import _variant   # a renamed copy per build: its own on-disk cache entry
+    return {name: (_variant(body, "_serial"), _variant(body, "_parallel", parallel=True))
             for name, body in bodies.items()}
 
 
