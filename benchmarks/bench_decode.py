@@ -13,9 +13,10 @@ each step continuing the state the previous one returned (its KV cache is append
 one state again would copy it); the context therefore grows by one token per step, which for MQA keeps the
 window full at W = context. recurrentgemma's cache is a fixed-size ring buffer, so it is fed the same cache
 each step. Each implementation runs in its own child process (thread pools spin after their work); the time
-is the median of --steps steps after 3 warm-up steps, with 2 threads (MINIGRIFFIN_DECODE_THREADS=2 unless set:
-minigriffin's decode kernels split the batch over 2 threads, as torch does; on a busy shared machine set it
-to 1, parallel regions then stall). Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
+is the median of --steps steps after 3 warm-up steps, the (context, batch) cases taking turns step by step
+(so noise lands on all alike). torch and OpenBLAS get 2 threads; minigriffin's decode kernels run on one
+(MINIGRIFFIN_DECODE_THREADS=1, the library's default: with 2, each of a step's ~13 parallel regions waits
+for a descheduled thread whenever another process holds a core, and a 4 ms step took 56-88 ms). Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
 """
 
@@ -41,19 +42,26 @@ def _cfg(family, context):
     return cfg
 
 
-def _median_ms(step, steps):
-    """Median wall time of step(i) for i = 3 .. steps + 2, after the warm-up steps 0, 1, 2."""
+def _interleaved_medians(steppers, steps):
+    """Median wall time (ms) of each stepper's step(i), for i = 3 .. steps + 2 after warm-up steps 0, 1, 2.
+
+    The steppers take turns, one step each, so every (context, batch) is sampled across the same stretch of
+    time: a busy moment on the shared machine then lands on all of them alike instead of on whichever
+    context happened to be measured during it (timing them one after another made Hawk's context-independent
+    step look 13-53% slower at 16k than at 256 in some runs)."""
     for i in range(3):
-        step(i)
-    times = []
+        for step in steppers:
+            step(i)
+    times = [[] for _ in steppers]
     for i in range(3, steps + 3):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for step, record in zip(steppers, times):
+            start = time.perf_counter()
+            step(i)
+            record.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(record) for record in times]
 
 
-def _ours(family, context, batch, steps):
+def _ours(family, context, batch):
     from minigriffin.inference import AttentionState, RecurrentState, forward_chunk, init_state, state_nbytes
     from minigriffin.params import init_params
     cfg = _cfg(family, context)
@@ -80,11 +88,10 @@ def _ours(family, context, batch, steps):
     def step(i):   # as generation does: each step continues the state the previous one returned
         positions = np.full((batch, 1), context + i, dtype=np.int64)
         current[0] = forward_chunk(params, tokens, positions, cfg, current[0])[1]
-    ms = _median_ms(step, steps)
-    return ms, nbytes
+    return step, nbytes
 
 
-def _theirs(family, context, batch, steps):
+def _theirs(family, context, batch):
     import torch
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from oracle_utils import torch_griffin
@@ -104,24 +111,25 @@ def _theirs(family, context, batch, steps):
     nbytes = sum(t.numel() * t.element_size() for block in cache.values() for t in block if torch.is_tensor(t))
     tokens = torch.zeros((batch, 1), dtype=torch.int64)
     positions = torch.full((batch, 1), context, dtype=torch.int64)
-    with torch.no_grad():
-        ms = _median_ms(lambda i: model(tokens, positions, cache=cache), steps)
-    return ms, nbytes // batch
+    def step(i):
+        with torch.no_grad():
+            model(tokens, positions, cache=cache)
+    return step, nbytes // batch
 
 
 def _child_main(args):
     measure = _ours if args.measure == "minigriffin" else _theirs
-    rows = []
-    for context in args.contexts:
-        for batch in args.batches:
-            ms, nbytes = measure(args.family, context, batch, args.steps)
-            rows.append({"context": context, "batch": batch, "ms": ms, "cache_bytes": nbytes})
+    combos = [(context, batch) for context in args.contexts for batch in args.batches]
+    steppers, sizes = zip(*(measure(args.family, context, batch) for context, batch in combos))
+    medians = _interleaved_medians(steppers, args.steps)
+    rows = [{"context": context, "batch": batch, "ms": ms, "cache_bytes": nbytes}
+            for (context, batch), ms, nbytes in zip(combos, medians, sizes)]
     print(json.dumps(rows))
 
 
 def _run_child(args, impl, family):
     env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2",
-               MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "2"))
+               MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", impl, "--family", family, "--steps",
            str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches",
            ",".join(map(str, args.batches))]
