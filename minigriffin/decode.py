@@ -7,9 +7,10 @@ computation is the same, operation for operation, as that reference (and so as `
     recurrent block   one kernel: RMSNorm, linear_y + GeLU, linear_x, the K Conv1D taps with their document
                       mask, the RG-LRU gates and state update, linear_out, residual, RMSNorm, gated MLP, residual
     attention block   kernel 1: RMSNorm, q/k/v projections and RoPE; then the step's key and value are written
-                      into the preallocated cache (inference._kv_append) and two BLAS products read the cache
-                      once each, logits = q K^T and o = p V, with a kernel between them for the document mask
-                      and the softmax, in place; kernel 2: proj_final, residual, RMSNorm, gated MLP, residual
+                      into the preallocated cache (inference._kv_append); BLAS products read the keys once for
+                      logits = K q^T (in chunks, see _LOGITS_CHUNK); a kernel scales, masks and takes the max;
+                      NumPy's np.exp(logits - max) in place; a kernel reads the values once for the sums and
+                      o = p V; kernel 2: proj_final, residual, RMSNorm, gated MLP, residual
     head              RMSNorm, tied projection, soft-cap
 
 Why it is faster (docs/benchmarks.md, "Decode-step cost"): the plain path spends a decode step in hundreds of
@@ -302,37 +303,50 @@ def _attention_in_parallel(n_groups, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, 
 
 
 @njit(cache=True)
-def _attend_rows(r0, r1, logits, values, doc, query_doc, cs, o):  # pragma: no cover - compiled by Numba
-    """Softmax and weighted sum for rows [r0, r1). logits: (B, M, H) raw k.q products, turned into the
-    unnormalised exp(logit - max) in place; values: (B, M, Dh) (a view of the cache); doc: (B, M) the keys'
-    document ids; writes o: (B, H * Dh). Key s is visible iff doc[b, s] == query_doc[b] (every cached key is
-    inside the window by construction); a masked logit would be MIN_LOGITS_VALUE, whose exp(MIN - max) is
-    exactly 0, so 0 is written directly. Then o[h] = sum_s (p[s, h] / total[h]) v[s]: one pass over the
-    values, each row of them used by all H heads while it is in L1."""
+def _mask_max_rows(r0, r1, logits, doc, query_doc, cs, m):  # pragma: no cover - compiled by Numba
+    """Scale, document mask and max for rows [r0, r1). logits: (B, M, H) raw k.q products, scaled in place,
+    -inf where masked; doc: (B, M) the keys' document ids; writes m: (B, H) the max over the visible keys.
+    Key s is visible iff doc[b, s] == query_doc[b] (every cached key is inside the window by construction;
+    the query's own key always is). In the reference a masked logit is MIN_LOGITS_VALUE, whose exp(MIN -
+    max) is exactly 0; exp(-inf - max) is exactly 0 too."""
     M, H = logits.shape[1], logits.shape[2]
-    Dh = values.shape[2]
-    m = np.empty(H, logits.dtype)
-    total = np.empty(H, logits.dtype)
+    neg_inf = -np.inf
     for b in range(r0, r1):
         qd = query_doc[b]
-        m[:] = cs[MIN_LOGIT]
-        for s in range(M):                                  # scale, and the max over the visible keys
+        for h in range(H):
+            m[b, h] = neg_inf
+        for s in range(M):
             if doc[b, s] == qd:
                 for h in range(H):
                     val = logits[b, s, h] * cs[ATTN_SCALE]
                     logits[b, s, h] = val
-                    if val > m[h]:
-                        m[h] = val
-        total[:] = cs[ZERO]
-        for s in range(M):                                  # exp(logit - max), 0 where masked, and the sum
-            if doc[b, s] == qd:
-                for h in range(H):
-                    p = np.exp(logits[b, s, h] - m[h])
-                    logits[b, s, h] = p
-                    total[h] += p
+                    if val > m[b, h]:
+                        m[b, h] = val
             else:
                 for h in range(H):
-                    logits[b, s, h] = cs[ZERO]
+                    logits[b, s, h] = neg_inf
+
+
+@njit(cache=True, parallel=True)
+def _mask_max_parallel(n_groups, logits, doc, query_doc, cs, m):  # pragma: no cover - compiled by Numba
+    B = logits.shape[0]
+    for g in prange(n_groups):
+        _mask_max_rows(g * B // n_groups, (g + 1) * B // n_groups, logits, doc, query_doc, cs, m)
+
+
+@njit(cache=True)
+def _attend_rows(r0, r1, p, values, cs, o):  # pragma: no cover - compiled by Numba
+    """Normalisation and weighted sum for rows [r0, r1). p: (B, M, H) the unnormalised exp(logit - max), 0
+    where masked; values: (B, M, Dh) (a view of the cache); writes o: (B, H * Dh) = sum_s (p[s, h] /
+    total[h]) v[s]: one pass over the values, each row of them used by all H heads while it is in L1."""
+    M, H = p.shape[1], p.shape[2]
+    Dh = values.shape[2]
+    total = np.empty(H, p.dtype)
+    for b in range(r0, r1):
+        total[:] = cs[ZERO]
+        for s in range(M):
+            for h in range(H):
+                total[h] += p[b, s, h]
         for i in range(H * Dh):
             o[b, i] = cs[ZERO]
         # o[h] = sum_s (p[s, h] / total[h]) v[s], in the order s = 0, 1, ...; four keys per pass over o[h]
@@ -344,10 +358,10 @@ def _attend_rows(r0, r1, logits, values, doc, query_doc, cs, o):  # pragma: no c
             v2 = values[b, s + 2]
             v3 = values[b, s + 3]
             for h in range(H):
-                p0 = logits[b, s, h] / total[h]
-                p1 = logits[b, s + 1, h] / total[h]
-                p2 = logits[b, s + 2, h] / total[h]
-                p3 = logits[b, s + 3, h] / total[h]
+                p0 = p[b, s, h] / total[h]
+                p1 = p[b, s + 1, h] / total[h]
+                p2 = p[b, s + 2, h] / total[h]
+                p3 = p[b, s + 3, h] / total[h]
                 oh = o[b, h * Dh:(h + 1) * Dh]
                 for j in range(Dh):
                     acc = oh[j]
@@ -358,16 +372,16 @@ def _attend_rows(r0, r1, logits, values, doc, query_doc, cs, o):  # pragma: no c
                     oh[j] = acc
         for s in range(M4, M):
             for h in range(H):
-                p = logits[b, s, h] / total[h]
+                ps = p[b, s, h] / total[h]
                 for j in range(Dh):
-                    o[b, h * Dh + j] += p * values[b, s, j]
+                    o[b, h * Dh + j] += ps * values[b, s, j]
 
 
 @njit(cache=True, parallel=True)
-def _attend_parallel(n_groups, logits, values, doc, query_doc, cs, o):  # pragma: no cover - compiled by Numba
-    B = logits.shape[0]
+def _attend_parallel(n_groups, p, values, cs, o):  # pragma: no cover - compiled by Numba
+    B = p.shape[0]
     for g in prange(n_groups):
-        _attend_rows(g * B // n_groups, (g + 1) * B // n_groups, logits, values, doc, query_doc, cs, o)
+        _attend_rows(g * B // n_groups, (g + 1) * B // n_groups, p, values, cs, o)
 
 
 @njit(cache=True)
@@ -532,18 +546,37 @@ def attention_in(plan_block, x, sin, cos, num_heads, cs):
     return q, k, v
 
 
+# Keys per BLAS call for the logits. OpenBLAS runs a gemm on all its threads once m * n * k reaches about
+# 2^18 (here M * H * Dh = M * 256), and on our 2 cores, busy or not, that start-up cost ~8 ms a call (b8 at
+# 2k-16k keys took 60 ms per layer for a 1 ms product). Chunks of 512 keys stay single-threaded.
+_LOGITS_CHUNK = 512
+
+
 def attention_core(q, keys, values, doc, query_doc, cs):
     """Softmax attention of q: (B, H, Dh) over keys, values: (B, M, Dh) (views of the cache, read once each:
-    keys by one BLAS product, values by the kernel) with key document ids doc: (B, M). Returns o: (B, H * Dh).
-    K q^T, not q K^T: OpenBLAS reads a (M, Dh) x (Dh, H) product twice as fast (measured)."""
+    keys by BLAS products, values by a kernel) with key document ids doc: (B, M). Returns o: (B, H * Dh).
+    K q^T, not q K^T: OpenBLAS reads a (M, Dh) x (Dh, H) product twice as fast (measured). The exponentials
+    are NumPy's vectorised np.exp (as in the reference), in place on the (B, M, H) logits between the kernels:
+    a scalar exp in the Numba loop cost ~20 ns each, a third of a long-context step."""
     B, H, Dh = q.shape
-    logits = np.matmul(keys, q.transpose(0, 2, 1))                         # (B, M, H)
+    M = keys.shape[1]
+    qt = q.transpose(0, 2, 1)                                              # (B, Dh, H)
+    logits = np.empty((B, M, H), q.dtype)                                  # (B, M, H)
+    for c in range(0, M, _LOGITS_CHUNK):
+        np.matmul(keys[:, c:c + _LOGITS_CHUNK], qt, out=logits[:, c:c + _LOGITS_CHUNK])
+    m = np.empty((B, H), q.dtype)                                          # (B, H) max over visible keys
     o = np.empty((B, H * Dh), q.dtype)                                     # (B, D)
     n = _groups(B)
     if n == 1:
-        _attend_rows(0, B, logits, values, doc, query_doc, cs, o)
+        _mask_max_rows(0, B, logits, doc, query_doc, cs, m)
     else:
-        _attend_parallel(n, logits, values, doc, query_doc, cs, o)
+        _mask_max_parallel(n, logits, doc, query_doc, cs, m)
+    np.subtract(logits, m[:, None, :], out=logits)
+    np.exp(logits, out=logits)                                             # unnormalised p, 0 where masked
+    if n == 1:
+        _attend_rows(0, B, logits, values, cs, o)
+    else:
+        _attend_parallel(n, logits, values, cs, o)
     return o
 
 
