@@ -14,9 +14,9 @@ one state again would copy it); the context therefore grows by one token per ste
 window full at W = context. recurrentgemma's cache is a fixed-size ring buffer, so it is fed the same cache
 each step. Each implementation runs in its own child process (thread pools spin after their work); the time
 is the median of --steps steps after 3 warm-up steps, the (context, batch) cases taking turns step by step
-(so noise lands on all alike). torch and OpenBLAS get 2 threads; minigriffin's decode kernels run on one
-(MINIGRIFFIN_DECODE_THREADS=1, the library's default: with 2, each of a step's ~13 parallel regions waits
-for a descheduled thread whenever another process holds a core, and a 4 ms step took 56-88 ms). Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
+(so noise lands on all alike). torch gets 2 threads; minigriffin MINIGRIFFIN_DECODE_THREADS=2 unless set
+(the library's default is 1): with batch > 1 each of 2 Python threads takes half the rows through every
+block, meeting at each attention block's cache append and at the end of the step. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
 """
 
@@ -129,7 +129,7 @@ def _child_main(args):
 
 def _run_child(args, impl, family):
     env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2",
-               MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
+               MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "2"))
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", impl, "--family", family, "--steps",
            str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches",
            ",".join(map(str, args.batches))]

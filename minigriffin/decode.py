@@ -21,8 +21,9 @@ reassociation); with B > 1 the rows of the batch share each pass over a weight r
 made once per state lineage (`DecodePlan`, carried by the ModelState), so params must not be modified in
 place while a state made from them is still being continued (training and then decoding with a fresh
 `init_state` is fine). Rows of the batch are independent in a decode step, so with B > 1 and
-MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per thread, each walking all the
-weights for its rows (one parallel region per kernel call); the default is one thread (see _groups).
+MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per Python thread, each taking its
+rows through every block (the kernels release the GIL); the threads meet only at each attention block's
+cache append and at the end of the step (run_rows, _groups). The default is one thread.
 
 No `fastmath`: every multiply and add is the reference's, in the model dtype (constants are cast to it, as
 NumPy does with Python scalars). Sums run in another order than OpenBLAS's, so float64 results agree with
@@ -31,15 +32,14 @@ against model_forward at rtol 1e-12 (float64) and 1e-5 (float32).
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from minigriffin.attention import MIN_LOGITS_VALUE
 from minigriffin.config import RECURRENT
-from minigriffin.head import embedding_scale
 from minigriffin.layers import RMSNORM_EPS, _GELU_C
 from minigriffin.rglru import C as RGLRU_C
 from minigriffin.rglru import softplus
@@ -187,7 +187,7 @@ def _mlp_residual(residual, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
 
 
 # ------------------------------------------------------------------------------------------ recurrent block
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
                     tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
                     cscale, w_up, b_up, w_down_t, b_down, cs,
@@ -246,20 +246,8 @@ def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
     _mlp_residual(mixed, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
 
 
-@njit(cache=True, parallel=True)
-def _recurrent_parallel(n_groups, x, reset, doc, h, conv_x, conv_doc,
-                        tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
-                        cscale, w_up, b_up, w_down_t, b_down, cs,
-                        x_out, h_out, conv_x_out, conv_doc_out):  # pragma: no cover - compiled by Numba
-    B = x.shape[0]
-    for g in prange(n_groups):
-        _recurrent_rows(g * B // n_groups, (g + 1) * B // n_groups, x, reset, doc, h, conv_x, conv_doc,
-                        tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
-                        cscale, w_up, b_up, w_down_t, b_down, cs, x_out, h_out, conv_x_out, conv_doc_out)
-
-
 # ------------------------------------------------------------------------------------------ attention block
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
     """RMSNorm, q/k/v projections (no biases) and RoPE for rows [r0, r1). sin, cos: (B, R/2) in the model
     dtype (rope.rope_forward's); writes q_out: (B, H, Dh), k_out, v_out: (B, Dh)."""
@@ -294,15 +282,7 @@ def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out,
             v_out[r, j] = v[b, j]
 
 
-@njit(cache=True, parallel=True)
-def _attention_in_parallel(n_groups, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
-    B = x.shape[0]
-    for g in prange(n_groups):
-        _attention_in_rows(g * B // n_groups, (g + 1) * B // n_groups, x, sin, cos, tscale, wq_t, wk_t, wv_t,
-                           cs, q_out, k_out, v_out)
-
-
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mask_max_rows(r0, r1, logits, doc, query_doc, cs, m):  # pragma: no cover - compiled by Numba
     """Scale, document mask and max for rows [r0, r1). logits: (B, M, H) raw k.q products, scaled in place,
     -inf where masked; doc: (B, M) the keys' document ids; writes m: (B, H) the max over the visible keys.
@@ -327,14 +307,7 @@ def _mask_max_rows(r0, r1, logits, doc, query_doc, cs, m):  # pragma: no cover -
                     logits[b, s, h] = neg_inf
 
 
-@njit(cache=True, parallel=True)
-def _mask_max_parallel(n_groups, logits, doc, query_doc, cs, m):  # pragma: no cover - compiled by Numba
-    B = logits.shape[0]
-    for g in prange(n_groups):
-        _mask_max_rows(g * B // n_groups, (g + 1) * B // n_groups, logits, doc, query_doc, cs, m)
-
-
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _attend_rows(r0, r1, p, values, cs, o):  # pragma: no cover - compiled by Numba
     """Normalisation and weighted sum for rows [r0, r1). p: (B, M, H) the unnormalised exp(logit - max), 0
     where masked; values: (B, M, Dh) (a view of the cache); writes o: (B, H * Dh) = sum_s (p[s, h] /
@@ -377,14 +350,7 @@ def _attend_rows(r0, r1, p, values, cs, o):  # pragma: no cover - compiled by Nu
                     o[b, h * Dh + j] += ps * values[b, s, j]
 
 
-@njit(cache=True, parallel=True)
-def _attend_parallel(n_groups, p, values, cs, o):  # pragma: no cover - compiled by Numba
-    B = p.shape[0]
-    for g in prange(n_groups):
-        _attend_rows(g * B // n_groups, (g + 1) * B // n_groups, p, values, cs, o)
-
-
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out):  # pragma: no cover
     """proj_final, residual, RMSNorm, gated MLP, residual for rows [r0, r1). o: (B, D) attention output."""
     nb = r1 - r0
@@ -400,16 +366,8 @@ def _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_
     _mlp_residual(mixed, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
 
 
-@njit(cache=True, parallel=True)
-def _attention_out_parallel(n_groups, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out):  # pragma: no cover
-    B = x.shape[0]
-    for g in prange(n_groups):
-        _attention_out_rows(g * B // n_groups, (g + 1) * B // n_groups, x, o, wf_t, bf, cscale, w_up, b_up,
-                            w_down_t, b_down, cs, x_out)
-
-
 # ----------------------------------------------------------------------------------------------------- head
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _head_rows(r0, r1, x, final_scale, table_t, cs, logits):  # pragma: no cover - compiled by Numba
     """Final RMSNorm, tied head x @ table^T, soft-cap c tanh(logits / c) (c = 0: none). logits: (B, V)."""
     normed = _rmsnorm(x, r0, r1, final_scale, cs)
@@ -422,13 +380,6 @@ def _head_rows(r0, r1, x, final_scale, table_t, cs, logits):  # pragma: no cover
             if cs[CAP] != cs[ZERO]:
                 val = cs[CAP] * np.tanh(val / cs[CAP])
             logits[r0 + b, j] = val
-
-
-@njit(cache=True, parallel=True)
-def _head_parallel(n_groups, x, final_scale, table_t, cs, logits):  # pragma: no cover - compiled by Numba
-    B = x.shape[0]
-    for g in prange(n_groups):
-        _head_rows(g * B // n_groups, (g + 1) * B // n_groups, x, final_scale, table_t, cs, logits)
 
 
 # -------------------------------------------------------------------------------------------- weights plan
@@ -495,14 +446,34 @@ def make_plan(params, cfg):
 
 
 def _groups(B):
-    """Row groups: one per decode thread (at most B); 1 means the serial kernels.
+    """Row groups for a decode step: one per decode thread (at most B); 1 means everything on this thread.
 
-    Decode threads: MINIGRIFFIN_DECODE_THREADS (default 1), at most Numba's thread count. Serial by default
-    because a decode step is short: on a CPU shared with other busy processes (our 2-core VM), each parallel
-    region could wait a scheduler quantum for a descheduled worker, and steps measured 10-30x slower than
-    serial. On an otherwise idle machine, 2 threads speed up B = 8 (each thread takes half the rows)."""
+    Decode threads: MINIGRIFFIN_DECODE_THREADS (default 1). Rows of the batch are independent in a decode
+    step, so with B > 1 each thread can take a group of rows through all the blocks (run_rows), and the
+    threads meet only where the attention cache is appended to (once per attention block) and at the end.
+    One per step matters: with a parallel region per kernel call (13 a step), each region waited for a
+    descheduled thread whenever another process held a core, and steps took 10-30x longer on our shared VM.
+    Still serial by default, because even one wait per step costs a scheduler quantum on a busy machine."""
     wanted = int(os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
-    return max(1, min(B, wanted, numba.get_num_threads()))
+    return max(1, min(B, wanted))
+
+
+_POOLS = {}
+
+
+def run_rows(n_groups, B, work):
+    """Run work(r0, r1) for n_groups row groups of a batch of B, the first on this thread and the others on
+    pool threads, and wait for all. work must release the GIL to gain anything (nogil kernels, BLAS, NumPy)."""
+    bounds = [(g * B // n_groups, (g + 1) * B // n_groups) for g in range(n_groups)]
+    if n_groups == 1:
+        work(0, B)
+        return
+    if n_groups not in _POOLS:
+        _POOLS[n_groups] = ThreadPoolExecutor(n_groups - 1, thread_name_prefix="minigriffin-decode")
+    futures = [_POOLS[n_groups].submit(work, r0, r1) for r0, r1 in bounds[1:]]
+    work(*bounds[0])
+    for future in futures:
+        future.result()
 
 
 def rope_sin_cos(positions, half, dtype):
@@ -514,100 +485,31 @@ def rope_sin_cos(positions, half, dtype):
     return np.ascontiguousarray(np.sin(theta).astype(dtype)), np.ascontiguousarray(np.cos(theta).astype(dtype))
 
 
-def recurrent_step(plan_block, x, reset, doc, state, cs):
-    """One recurrent residual block for one token. Returns x_out (B, D), (h, conv_x, conv_doc) new arrays."""
-    B = x.shape[0]
-    h_out = np.empty_like(state.h)
-    conv_x_out = np.empty_like(state.conv_x)
-    conv_doc_out = np.empty_like(state.conv_doc)
-    x_out = np.empty_like(x)
-    args = (x, reset, doc, _c(state.h), _c(state.conv_x), _c(state.conv_doc)) + plan_block + (cs, x_out, h_out,
-                                                                                               conv_x_out, conv_doc_out)
-    n = _groups(B)
-    if n == 1:
-        _recurrent_rows(0, B, *args)
-    else:
-        _recurrent_parallel(n, *args)
-    return x_out, (h_out, conv_x_out, conv_doc_out)
-
-
-def attention_in(plan_block, x, sin, cos, num_heads, cs):
-    """q: (B, H, Dh) and k, v: (B, Dh) of one token, after RoPE."""
-    B, D = x.shape
-    Dh = D // num_heads
-    q = np.empty((B, num_heads, Dh), x.dtype)
-    k = np.empty((B, Dh), x.dtype)
-    v = np.empty((B, Dh), x.dtype)
-    n = _groups(B)
-    if n == 1:
-        _attention_in_rows(0, B, x, sin, cos, *plan_block, cs, q, k, v)
-    else:
-        _attention_in_parallel(n, x, sin, cos, *plan_block, cs, q, k, v)
-    return q, k, v
-
-
 # Keys per BLAS call for the logits. OpenBLAS runs a gemm on all its threads once m * n * k reaches about
 # 2^18 (here M * H * Dh = M * 256), and on our 2 cores, busy or not, that start-up cost ~8 ms a call (b8 at
 # 2k-16k keys took 60 ms per layer for a 1 ms product). Chunks of 512 keys stay single-threaded.
 _LOGITS_CHUNK = 512
 
 
-def attention_core(q, keys, values, doc, query_doc, cs):
+def attention_core_rows(r0, r1, q, keys, values, doc, query_doc, cs, o):
     """Softmax attention of q: (B, H, Dh) over keys, values: (B, M, Dh) (views of the cache, read once each:
-    keys by BLAS products, values by a kernel) with key document ids doc: (B, M). Returns o: (B, H * Dh).
-    K q^T, not q K^T: OpenBLAS reads a (M, Dh) x (Dh, H) product twice as fast (measured). The exponentials
-    are NumPy's vectorised np.exp (as in the reference), in place on the (B, M, H) logits between the kernels:
-    a scalar exp in the Numba loop cost ~20 ns each, a third of a long-context step."""
-    B, H, Dh = q.shape
+    keys by BLAS products, values by a kernel) with key document ids doc: (B, M), for batch rows [r0, r1),
+    writing o[r0:r1] of o: (B, H * Dh). K q^T, not q K^T: OpenBLAS reads a
+    (M, Dh) x (Dh, H) product twice as fast (measured). The exponentials are NumPy's vectorised np.exp (as in
+    the reference), in place on the (rows, M, H) logits between the kernels: a scalar exp in the Numba loop
+    cost ~20 ns each, a third of a long-context step. Every call here releases the GIL (BLAS, NumPy's exp,
+    the nogil kernels), so row groups can run in threads (run_rows)."""
+    H, Dh = q.shape[1], q.shape[2]
     M = keys.shape[1]
-    qt = q.transpose(0, 2, 1)                                              # (B, Dh, H)
-    logits = np.empty((B, M, H), q.dtype)                                  # (B, M, H)
+    qt = q[r0:r1].transpose(0, 2, 1)                                       # (rows, Dh, H)
+    logits = np.empty((r1 - r0, M, H), q.dtype)                            # (rows, M, H)
     for c in range(0, M, _LOGITS_CHUNK):
-        np.matmul(keys[:, c:c + _LOGITS_CHUNK], qt, out=logits[:, c:c + _LOGITS_CHUNK])
-    m = np.empty((B, H), q.dtype)                                          # (B, H) max over visible keys
-    o = np.empty((B, H * Dh), q.dtype)                                     # (B, D)
-    n = _groups(B)
-    if n == 1:
-        _mask_max_rows(0, B, logits, doc, query_doc, cs, m)
-    else:
-        _mask_max_parallel(n, logits, doc, query_doc, cs, m)
+        np.matmul(keys[r0:r1, c:c + _LOGITS_CHUNK], qt, out=logits[:, c:c + _LOGITS_CHUNK])
+    m = np.empty((r1 - r0, H), q.dtype)                                    # (rows, H) max over visible keys
+    _mask_max_rows(0, r1 - r0, logits, doc[r0:r1], query_doc[r0:r1], cs, m)
     np.subtract(logits, m[:, None, :], out=logits)
     np.exp(logits, out=logits)                                             # unnormalised p, 0 where masked
-    if n == 1:
-        _attend_rows(0, B, logits, values, cs, o)
-    else:
-        _attend_parallel(n, logits, values, cs, o)
-    return o
+    _attend_rows(0, r1 - r0, logits, values[r0:r1], cs, o[r0:r1])
 
 
-def attention_out(plan_block, x, o, cs):
-    x_out = np.empty_like(x)
-    n = _groups(x.shape[0])
-    if n == 1:
-        _attention_out_rows(0, x.shape[0], x, o, *plan_block, cs, x_out)
-    else:
-        _attention_out_parallel(n, x, o, *plan_block, cs, x_out)
-    return x_out
-
-
-def head(plan, x):
-    B = x.shape[0]
-    logits = np.empty((B, plan.table_t.shape[1]), x.dtype)
-    n = _groups(B)
-    if n == 1:
-        _head_rows(0, B, x, plan.final_scale, plan.table_t, plan.constants, logits)
-    else:
-        _head_parallel(n, x, plan.final_scale, plan.table_t, plan.constants, logits)
-    return logits
-
-
-def embed(table, tokens, cfg):
-    """x0 for one token per row: (B,) ints -> (B, D), as head.embedding_forward."""
-    x = table[tokens]
-    if cfg.embeddings_scale_by_sqrt_dim:
-        x = x * np.asarray(embedding_scale(cfg.width), dtype=table.dtype)
-    return np.ascontiguousarray(x)
-
-
-__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "recurrent_step", "attention_in",
-           "attention_core", "attention_out", "head", "embed"]
+__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "run_rows"]

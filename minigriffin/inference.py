@@ -317,20 +317,47 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
     positions = segment_pos[:, 0]                                          # (B,)
     reset = np.ascontiguousarray(positions == 0)                           # (B,) a document starts here
     doc = state.doc + reset                                                # (B,) int64 its document id
+    B = x.shape[0]
+    n_groups = decode._groups(B)
     sin = cos = None
     new_blocks = []
+    # Each row group runs `pending` (the kernels since the last meeting point) on its own rows; the groups
+    # meet where every row's new key and value go into the shared cache, and at the end.
+    pending = []
+
+    def flush():
+        steps = tuple(pending)
+        decode.run_rows(n_groups, B, lambda r0, r1: [step(r0, r1) for step in steps])
+        pending.clear()
+
     for kind, plan_block, block_state in zip(cfg.block_types, plan.blocks, state.blocks):
+        x_out = np.empty_like(x)                                           # (B, D)
         if kind == RECURRENT:
-            x, new = decode.recurrent_step(plan_block, x, reset, doc, block_state, cs)
-            new_blocks.append(RecurrentState(*new))
+            new = RecurrentState(np.empty_like(block_state.h), np.empty_like(block_state.conv_x),
+                                 np.empty_like(block_state.conv_doc))
+            args = (x, reset, doc, decode._c(block_state.h), decode._c(block_state.conv_x),
+                    decode._c(block_state.conv_doc)) + plan_block + (cs, x_out) + tuple(new)
+            pending.append(lambda r0, r1, args=args: decode._recurrent_rows(r0, r1, *args))
         else:
             if sin is None:                                                # (B, Dh/4) each, shared by all blocks
                 sin, cos = decode.rope_sin_cos(positions, cfg.head_dim // 4, x.dtype)
-            q, k, v = decode.attention_in(plan_block[0], x, sin, cos, cfg.num_heads, cs)   # (B, H, Dh), (B, Dh)
+            H, Dh = cfg.num_heads, cfg.head_dim
+            q, k, v = np.empty((B, H, Dh), x.dtype), np.empty((B, Dh), x.dtype), np.empty((B, Dh), x.dtype)
+            args = (x, sin, cos) + plan_block[0] + (cs, q, k, v)
+            pending.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
+            flush()                                                        # every row's k, v: then append
             keys, values, docs, new = _kv_append(block_state, k[:, None], v[:, None], doc[:, None],
                                                  cfg.attention_window_size)   # (B, N+1, Dh) views of the cache
-            o = decode.attention_core(q, keys, values, docs, doc, cs)      # (B, D)
-            x = decode.attention_out(plan_block[1], x, o, cs)
-            new_blocks.append(new)
-    logits = decode.head(plan, x)[:, None]                                 # (B, 1, V)
+            o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
+            core = (q, keys, values, docs, doc, cs, o)
+            out = (x, o) + plan_block[1] + (cs, x_out)
+            pending.append(lambda r0, r1, core=core: decode.attention_core_rows(r0, r1, *core))
+            pending.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
+        new_blocks.append(new)
+        x = x_out
+    logits = np.empty((B, plan.table_t.shape[1]), x.dtype)                 # (B, V)
+    head_args = (x, plan.final_scale, plan.table_t, cs, logits)
+    pending.append(lambda r0, r1: decode._head_rows(r0, r1, *head_args))
+    flush()
+    logits = logits[:, None]                                               # (B, 1, V)
     return logits, ModelState(tuple(new_blocks), doc, state.num_tokens + 1, plan)
