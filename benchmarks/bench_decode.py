@@ -146,7 +146,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=ints, default=[1, 8])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--skip-oracle", action="store_true")
-    parser.add_argument("--plot", default="docs/results/decode.png")
+    parser.add_argument("--plot", help="write the figure here (the one of record: docs/results/decode.png); "
+                        "default: no figure, so a quick run never overwrites the committed one")
     parser.add_argument("--measure", choices=["minigriffin", "recurrentgemma"], help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
