@@ -98,3 +98,24 @@ def tiny_model(case, dtype="float64", seed=0):
         for norm in ("temporal_pre_norm", "channel_pre_norm"):
             block[norm]["scale"] = (0.1 * rng.standard_normal(cfg.width)).astype(dtype)
     return cfg, params, rng
+
+
+def run_chunks(params, tokens, segment_pos, cfg, sizes, state=None):
+    """inference.forward_chunk over consecutive chunks of the given sizes (1s: token by token); returns all
+    the logits, concatenated, and the final state."""
+    from minigriffin.inference import forward_chunk, init_state
+    state = init_state(cfg, tokens.shape[0]) if state is None else state
+    outs, start = [], 0
+    for size in sizes:
+        logits, state = forward_chunk(params, tokens[:, start:start + size], segment_pos[:, start:start + size],
+                                      cfg, state)
+        outs.append(logits)
+        start += size
+    assert start == tokens.shape[1]
+    return np.concatenate(outs, axis=1), state
+
+
+def assert_close_to_scale(actual, expected, tol):
+    """|actual - expected| <= tol * (|expected| + max |expected|): relative, with the largest value's scale as
+    the floor (logits near 0 carry the rounding of their neighbours)."""
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())

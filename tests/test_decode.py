@@ -9,7 +9,7 @@ than OpenBLAS's, and 1 + tanh is computed as 2 / (1 + exp(-2u)), so agreement is
 import numpy as np
 import pytest
 
-from strategies import tiny_model
+from strategies import assert_close_to_scale, run_chunks, tiny_model
 
 from minigriffin import decode
 from minigriffin.inference import (AttentionState, KVBuffer, forward_chunk, init_state, state_nbytes,
@@ -40,21 +40,6 @@ def _segment_pos(T):
                      _packed_positions(T, {5, 6, 19, 40, 41, 42, 77}, first=3)])   # packed, doc starts in a row
 
 
-def _assert_close(actual, expected, tol):
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
-
-
-def _decode(params, tokens, segment_pos, cfg, sizes):
-    state = init_state(cfg, tokens.shape[0])
-    outs, start = [], 0
-    for size in sizes:
-        logits, state = forward_chunk(params, tokens[:, start:start + size], segment_pos[:, start:start + size],
-                                      cfg, state)
-        outs.append(logits)
-        start += size
-    return np.concatenate(outs, axis=1), state
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_token_by_token_equals_full_forward_float64(name):
     """100 tokens one at a time: packed documents (a start mid-sequence, three in a row), W < T, the KV
@@ -64,9 +49,9 @@ def test_token_by_token_equals_full_forward_float64(name):
     segment_pos = _segment_pos(T)
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
     full, _ = model_forward(params, tokens, segment_pos, cfg)
-    stepped, state = _decode(params, tokens, segment_pos, cfg, [1] * T)
+    stepped, state = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
     assert state.plan is not None and state.num_tokens == T                     # the fast path ran
-    _assert_close(stepped, full, 1e-12)                                          # float64, rtol 1e-12
+    assert_close_to_scale(stepped, full, 1e-12)                                          # float64, rtol 1e-12
 
 
 @pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
@@ -76,9 +61,9 @@ def test_token_by_token_equals_full_forward_float32(name):
     segment_pos = _segment_pos(T)
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
     full, _ = model_forward(params, tokens, segment_pos, cfg)
-    stepped, _ = _decode(params, tokens, segment_pos, cfg, [1] * T)
+    stepped, _ = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
     assert stepped.dtype == np.float32
-    _assert_close(stepped, full, 1e-5)                                           # float32, rtol 1e-5
+    assert_close_to_scale(stepped, full, 1e-5)                                           # float32, rtol 1e-5
 
 
 @pytest.mark.parametrize("name", ["griffin-W4", "mqa-W4", "mqa-global"])
@@ -91,8 +76,8 @@ def test_mixing_chunks_and_single_tokens(name):
     segment_pos = _segment_pos(T)
     tokens = np.random.default_rng(6).integers(0, cfg.vocab_size, size=segment_pos.shape)
     full, _ = model_forward(params, tokens, segment_pos, cfg)
-    mixed, _ = _decode(params, tokens, segment_pos, cfg, sizes)
-    _assert_close(mixed, full, 1e-12)                                            # float64, rtol 1e-12
+    mixed, _ = run_chunks(params, tokens, segment_pos, cfg, sizes)
+    assert_close_to_scale(mixed, full, 1e-12)                                            # float64, rtol 1e-12
 
 
 def test_kv_buffer_is_reused_then_replaced_and_states_stay_valid():
@@ -107,7 +92,7 @@ def test_kv_buffer_is_reused_then_replaced_and_states_stay_valid():
     buffers, states = [], []
     for t in range(T):
         logits, state = forward_chunk(params, tokens[:, t:t + 1], segment_pos[:, t:t + 1], cfg, state)
-        _assert_close(logits[:, 0], full[:, t], 1e-12)                          # float64, rtol 1e-12
+        assert_close_to_scale(logits[:, 0], full[:, t], 1e-12)                          # float64, rtol 1e-12
         block = state.blocks[0]
         assert isinstance(block.buffer, KVBuffer) and block.keys.shape == (B, min(t + 1, W), cfg.head_dim)
         assert np.shares_memory(block.keys, block.buffer.keys)                  # a view, not a copy
@@ -120,7 +105,7 @@ def test_kv_buffer_is_reused_then_replaced_and_states_stay_valid():
     keys_before = states[-1].blocks[0].keys.copy()
     for _ in range(2):
         logits, _ = forward_chunk(params, tokens[:, 31:32], segment_pos[:, 31:32], cfg, states[30])
-        _assert_close(logits[:, 0], full[:, 31], 1e-12)                         # float64, rtol 1e-12
+        assert_close_to_scale(logits[:, 0], full[:, 31], 1e-12)                         # float64, rtol 1e-12
     np.testing.assert_array_equal(states[-1].blocks[0].keys, keys_before)
 
 
@@ -128,11 +113,11 @@ def test_state_nbytes_counts_the_cache_not_the_spare_room():
     cfg, params, _ = tiny_model(dict(preset="griffin-tiny", attention_window_size=16), "float64", 0)
     tokens = np.zeros((1, 40), np.int64)
     pos = np.arange(40)[None]
-    _, state = _decode(params, tokens, pos, cfg, [1] * 40)
+    _, state = run_chunks(params, tokens, pos, cfg, [1] * 40)
     W, Dh = cfg.attention_window_size, cfg.head_dim
     attention = [b for b in state.blocks if isinstance(b, AttentionState)]
     assert [b.keys.shape for b in attention] == [(1, W, Dh)]
-    _, reference_state = _decode(params, tokens, pos, cfg, [40])                 # chunk path: same accounting
+    _, reference_state = run_chunks(params, tokens, pos, cfg, [40])                 # chunk path: same accounting
     assert state_nbytes(state) == state_nbytes(reference_state)
     assert state_reserved_nbytes(state) >= state_nbytes(state)
     assert state_reserved_nbytes(state) - state_nbytes(state) <= (W + 1 + 16) * (2 * 8 * Dh + 8)
@@ -145,11 +130,11 @@ def test_hand_built_attention_state_is_moved_into_a_buffer():
     pos = np.arange(T)[None]
     tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, T))
     full, _ = model_forward(params, tokens, pos, cfg)
-    _, state = _decode(params, tokens[:, :T - 1], pos[:, :T - 1], cfg, [T - 1])
+    _, state = run_chunks(params, tokens[:, :T - 1], pos[:, :T - 1], cfg, [T - 1])
     plain = state._replace(blocks=tuple(AttentionState(b.keys.copy(), b.values.copy(), b.doc.copy())
                                         for b in state.blocks), plan=None)
     logits, new = forward_chunk(params, tokens[:, T - 1:], pos[:, T - 1:], cfg, plain)
-    _assert_close(logits[:, 0], full[:, T - 1], 1e-12)                          # float64, rtol 1e-12
+    assert_close_to_scale(logits[:, 0], full[:, T - 1], 1e-12)                          # float64, rtol 1e-12
     assert all(b.buffer is not None for b in new.blocks)
 
 
@@ -173,6 +158,6 @@ def test_parallel_row_groups_equal_serial(monkeypatch):
     results = []
     for groups in (1, 2, 3):
         monkeypatch.setattr(decode, "_groups", lambda B, g=groups: min(B, g))
-        results.append(_decode(params, tokens, segment_pos, cfg, [1] * T)[0])
+        results.append(run_chunks(params, tokens, segment_pos, cfg, [1] * T)[0])
     np.testing.assert_array_equal(results[0], results[1])                       # float64, bitwise
     np.testing.assert_array_equal(results[0], results[2])                       # float64, bitwise

@@ -9,7 +9,7 @@ T = 1 matmul sums in a different order than a T = 23 one and logits near 0 have 
 import numpy as np
 import pytest
 
-from strategies import tiny_model
+from strategies import assert_close_to_scale, run_chunks, tiny_model
 
 from minigriffin.inference import (AttentionState, ModelState, RecurrentState, forward_chunk, init_state,
                                    state_nbytes)
@@ -42,26 +42,8 @@ def _tokens(cfg, shape, seed=1):
     return np.random.default_rng(seed).integers(0, cfg.vocab_size, size=shape)
 
 
-def _run_chunks(params, tokens, segment_pos, cfg, sizes, state=None):
-    """forward_chunk over consecutive chunks of the given sizes; returns all logits and the final state."""
-    state = init_state(cfg, tokens.shape[0]) if state is None else state
-    outs, start = [], 0
-    for size in sizes:
-        logits, state = forward_chunk(params, tokens[:, start:start + size], segment_pos[:, start:start + size],
-                                      cfg, state)
-        outs.append(logits)
-        start += size
-    assert start == tokens.shape[1]
-    return np.concatenate(outs, axis=1), state
-
-
 def _even_sizes(T, size):
     return [min(size, T - s) for s in range(0, T, size)]
-
-
-def _assert_close(actual, expected, tol):
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
 
 
 @pytest.mark.parametrize("chunk", CHUNK_SIZES)
@@ -70,9 +52,9 @@ def test_chunked_equals_full_forward(name, chunk):
     cfg, params = _model(CASES[name])
     tokens = _tokens(cfg, SEGMENT_POS.shape)
     full, _ = model_forward(params, tokens, SEGMENT_POS, cfg)
-    chunked, state = _run_chunks(params, tokens, SEGMENT_POS, cfg, _even_sizes(T_TOTAL, chunk))
+    chunked, state = run_chunks(params, tokens, SEGMENT_POS, cfg, _even_sizes(T_TOTAL, chunk))
     assert chunked.dtype == np.float64 and state.num_tokens == T_TOTAL
-    _assert_close(chunked, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
+    assert_close_to_scale(chunked, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -80,8 +62,8 @@ def test_uneven_chunks_equal_full_forward(name):
     cfg, params = _model(CASES[name])
     tokens = _tokens(cfg, SEGMENT_POS.shape)
     full, _ = model_forward(params, tokens, SEGMENT_POS, cfg)
-    chunked, _ = _run_chunks(params, tokens, SEGMENT_POS, cfg, [1, 4, 2, 9, 7])
-    _assert_close(chunked, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
+    chunked, _ = run_chunks(params, tokens, SEGMENT_POS, cfg, [1, 4, 2, 9, 7])
+    assert_close_to_scale(chunked, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
 
 
 @pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
@@ -92,8 +74,8 @@ def test_token_by_token_equals_full_forward_long(name):
     segment_pos = np.array([np.arange(T), np.concatenate([np.arange(30), np.arange(25), np.arange(15)])])
     tokens = _tokens(cfg, segment_pos.shape, seed=4)
     full, _ = model_forward(params, tokens, segment_pos, cfg)
-    stepped, _ = _run_chunks(params, tokens, segment_pos, cfg, [1] * T)
-    _assert_close(stepped, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
+    stepped, _ = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
+    assert_close_to_scale(stepped, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
 
 
 @pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
@@ -101,11 +83,11 @@ def test_float32_chunked_matches_full_and_state_is_float32(name):
     cfg, params = _model(CASES[name], dtype="float32")
     tokens = _tokens(cfg, SEGMENT_POS.shape)
     full, _ = model_forward(params, tokens, SEGMENT_POS, cfg)
-    chunked, state = _run_chunks(params, tokens, SEGMENT_POS, cfg, _even_sizes(T_TOTAL, 3))
+    chunked, state = run_chunks(params, tokens, SEGMENT_POS, cfg, _even_sizes(T_TOTAL, 3))
     assert chunked.dtype == np.float32
     for block in state.blocks:
         assert (block.h if isinstance(block, RecurrentState) else block.keys).dtype == np.float32
-    _assert_close(chunked, full, 1e-5)                           # float32, rtol 1e-5 (+ 1e-5 * max|full|)
+    assert_close_to_scale(chunked, full, 1e-5)                           # float32, rtol 1e-5 (+ 1e-5 * max|full|)
 
 
 @pytest.mark.parametrize("name", ["hawk", "griffin-W4", "griffin-W16", "mqa-global"])
@@ -117,7 +99,7 @@ def test_document_start_inside_a_chunk_does_not_leak(name):
     segment_pos = np.tile(np.concatenate([np.arange(cut), np.arange(T - cut)]), (2, 1))
     tokens = _tokens(cfg, (1, T)).repeat(2, axis=0)
     tokens[1, :cut] = (tokens[0, :cut] + 7) % cfg.vocab_size     # row 1: a different first document
-    logits, state = _run_chunks(params, tokens, segment_pos, cfg, [4, 4, 4, 5])
+    logits, state = run_chunks(params, tokens, segment_pos, cfg, [4, 4, 4, 5])
     np.testing.assert_allclose(logits[1, cut:], logits[0, cut:], rtol=1e-13, atol=0)   # float64, rtol 1e-13
     assert np.abs(logits[1, :cut] - logits[0, :cut]).max() > 1e-3   # the first documents do differ
     # The carried state must not leak either: continue both rows with the same chunk.
@@ -129,7 +111,7 @@ def test_document_start_inside_a_chunk_does_not_leak(name):
 def test_forward_chunk_leaves_its_input_state_unchanged():
     cfg, params = _model(CASES["griffin-W4"])
     tokens = _tokens(cfg, SEGMENT_POS.shape)
-    _, state = _run_chunks(params, tokens[:, :9], SEGMENT_POS[:, :9], cfg, [9])
+    _, state = run_chunks(params, tokens[:, :9], SEGMENT_POS[:, :9], cfg, [9])
     first, _ = forward_chunk(params, tokens[:, 9:], SEGMENT_POS[:, 9:], cfg, state)
     again, _ = forward_chunk(params, tokens[:, 9:], SEGMENT_POS[:, 9:], cfg, state)
     np.testing.assert_array_equal(first, again)                  # float64, bitwise: the state was not mutated
@@ -298,7 +280,7 @@ def test_decode_steps_match_recurrentgemma():
                 step_logits, cache = model(torch.from_numpy(tokens[:, t:t + 1]),
                                            torch.from_numpy(positions[:, t:t + 1]), cache=cache)
                 theirs.append(step_logits.numpy())
-    ours, _ = _run_chunks(params, tokens, positions, cfg, [P] + [1] * steps)
+    ours, _ = run_chunks(params, tokens, positions, cfg, [P] + [1] * steps)
     theirs = np.concatenate(theirs, axis=1)                      # (B, P + steps, V)
     assert oracle_utils.max_rel_error(ours[:, P:], theirs[:, P:]) <= 1e-10   # float64, max rel error 1e-10
     assert oracle_utils.max_rel_error(ours[:, :P], theirs[:, :P]) <= 1e-10   # float64, max rel error 1e-10
