@@ -31,12 +31,13 @@ from minigriffin.scan import available_backends, linear_scan, linear_scan_backwa
 TARGETS = {"numba": {"fwd": 1.2, "fwd+bwd": 2.5}}
 
 
-def best_time(fn, repeats):
-    """Minimum wall time of fn() over `repeats` calls (seconds)."""
+def best_time(fn, repeats, sync=lambda: None):
+    """Minimum wall time of fn() over `repeats` calls (seconds). sync() waits for queued device work (GPU)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -68,13 +69,7 @@ def bench_shape_gpu(shape, repeats, dtype=np.float32, seed=0):
     def timed(fn):
         fn()                                             # warm-up: NVRTC compiles on the first call
         sync()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - start)
-        return best
+        return best_time(fn, repeats, sync)
 
     def fwd_bwd():
         h, _ = linear_scan(x, a, backend="cupy", out=h_out)
