@@ -77,12 +77,15 @@ def num_params(params):
 
 
 def tree_map(fn, *trees):
-    """Apply fn leafwise to trees of identical structure (dicts and lists), returning a new tree."""
+    """Apply fn leafwise to trees of identical structure (dicts, lists and NamedTuples such as data.Batch),
+    returning a new tree."""
     first = trees[0]
     if isinstance(first, dict):
         return {key: tree_map(fn, *(t[key] for t in trees)) for key in first}
     if isinstance(first, list):
         return [tree_map(fn, *items) for items in zip(*trees)]
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(tree_map(fn, *items) for items in zip(*trees)))
     return fn(*trees)
 
 

@@ -50,31 +50,24 @@ def device_namespace(device):
     raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
 
 
-def _tree_apply(fn, tree):
-    if isinstance(tree, dict):
-        return {key: _tree_apply(fn, value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_tree_apply(fn, value) for value in tree]
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):          # NamedTuples such as data.Batch
-        return type(tree)(*(_tree_apply(fn, value) for value in tree))
-    return fn(tree)
-
-
 def to_device(tree, xp):
-    """Every array leaf of `tree` as an array of module xp (numpy or cupy). Non-array leaves are kept."""
+    """Every array leaf of `tree` (dicts, lists, NamedTuples) as an array of module xp (numpy or cupy).
+    Non-array leaves are kept."""
+    from minigriffin.params import tree_map          # here, not at the top: scan imports this module
     def move(arr):
         if not hasattr(arr, "dtype"):
             return arr
         if xp is np:
             return to_host(arr)
         return xp.asarray(arr)                                         # host -> device copy (or no-op)
-    return _tree_apply(move, tree)
+    return tree_map(move, tree)
 
 
 def to_host(tree):
     """Every array leaf of `tree` as a NumPy array (device -> host copy for CuPy arrays)."""
+    from minigriffin.params import tree_map
     def move(arr):
         if is_device_array(arr):
             return arr.get()
         return np.asarray(arr) if hasattr(arr, "dtype") else arr
-    return _tree_apply(move, tree)
+    return tree_map(move, tree)
