@@ -199,7 +199,8 @@ def _rglru_backward_body(dnx, da_scan, reset, x, gate_x, gate_a, a, a_square, mu
 
 
 def rglru_gates_backward(dnormalized_x, da_scan, reset, c, max_sqrt_gradient, C):
-    """(dx from the gated input, dpre_x, dpre_a, da_param before the softplus derivative) for rglru_backward.
+    """(dx from the gated input, dpre_x, dpre_a, dsoftplus = the gradient of softplus(a_param)) for
+    rglru_backward: rglru._gates_backward in one pass.
     dnormalized_x, da_scan: (B, T, E); reset: (B, T, 1) bool; c: the RGLRUCache."""
     x = _rows(c.x)
     rows, E = x.shape

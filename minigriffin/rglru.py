@@ -117,21 +117,21 @@ def rglru_backward(dy, dh_last, cache):
     # d softplus / dx = sigmoid(x), and 1 on softplus's linear branch above 20 (as torch)
     sigmoid_a_param = xp.where(c.a_param > 20.0, 1.0, sigmoid(c.a_param))
     if fused.applies(dnormalized_x, da_scan, c.x):
-        # the lines of the else branch, in one pass (minigriffin/fused.py)
-        dx, dpre_x, dpre_a, da_param = fused.rglru_gates_backward(dnormalized_x, da_scan, c.reset, c,
-                                                                  MAX_SQRT_GRADIENT, C)
-        da_param = da_param * sigmoid_a_param
+        # _gates_backward's lines in one pass (minigriffin/fused.py)
+        dx, dpre_x, dpre_a, dsoftplus = fused.rglru_gates_backward(dnormalized_x, da_scan, c.reset, c,
+                                                                   MAX_SQRT_GRADIENT, C)
     else:
-        dx, dpre_x, dpre_a, da_param = _gates_backward(xp, dnormalized_x, da_scan, c, sigmoid_a_param)
+        dx, dpre_x, dpre_a, dsoftplus = _gates_backward(xp, dnormalized_x, da_scan, c)
+    da_param = dsoftplus * sigmoid_a_param                              # softplus_a_param = softplus(a_param)
     dx_from_x_gate, input_gate_grads = block_diagonal_backward(dpre_x, c.gate_x_cache)
     dx_from_a_gate, a_gate_grads = block_diagonal_backward(dpre_a, c.gate_a_cache)
     dx = dx + dx_from_x_gate + dx_from_a_gate
     return dx, dh0, {"a_param": da_param, "input_gate": input_gate_grads, "a_gate": a_gate_grads}
 
 
-def _gates_backward(xp, dnormalized_x, da_scan, c, sigmoid_a_param):
+def _gates_backward(xp, dnormalized_x, da_scan, c):
     """From the scan's gradients to the gates' pre-activations: (dx via the gated input, dpre_x, dpre_a,
-    da_param). Each line undoes one line of rglru_forward."""
+    dsoftplus, the gradient of softplus(a_param)). Each line undoes one line of rglru_forward."""
     da = xp.where(c.reset, 0.0, da_scan)                                # a_scan = where(reset, 0, a)
     gated_x = c.x * c.gate_x
     # normalized_x = gated_x * multiplier
@@ -145,12 +145,12 @@ def _gates_backward(xp, dnormalized_x, da_scan, c, sigmoid_a_param):
     # log_a = -C * gate_a * softplus(a_param)
     dgate_a = -C * c.softplus_a_param * dlog_a
     E = c.x.shape[-1]
-    da_param = (-C * c.gate_a * dlog_a).reshape(-1, E).sum(axis=0) * sigmoid_a_param
+    dsoftplus = (-C * c.gate_a * dlog_a).reshape(-1, E).sum(axis=0)
     # gated_x = x * gate_x
     dgate_x = dgated_x * c.x
     dx = dgated_x * c.gate_x
     # gate = sigmoid(pre): dpre = dgate * gate * (1 - gate)
     dpre_x = dgate_x * c.gate_x * (1.0 - c.gate_x)
     dpre_a = dgate_a * c.gate_a * (1.0 - c.gate_a)
-    return dx, dpre_x, dpre_a, da_param
+    return dx, dpre_x, dpre_a, dsoftplus
 
