@@ -1,7 +1,7 @@
 """The fused single-token decode step (T = 1) on NumPy arrays: a few Numba kernels per residual block.
 
-`minigriffin.inference.forward_chunk` runs these kernels (inference._decode_step) when given one token per row and NumPy
-arrays; chunks of T > 1 and CuPy arrays take the plain array code there, which stays the reference. The
+`minigriffin.inference.forward_chunk` runs these kernels (inference._decode_step) when it is given one token
+per row and NumPy arrays; chunks of T > 1 and CuPy arrays take the plain array code there, which stays the reference. The
 computation is the same, operation for operation, as that reference (and so as `model.model_forward`):
 
     recurrent block   one kernel: RMSNorm, linear_y + GeLU, linear_x, the K Conv1D taps with their document
