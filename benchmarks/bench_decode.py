@@ -16,7 +16,8 @@ each step. Each implementation runs in its own child process (thread pools spin 
 is the median of --steps steps after 3 warm-up steps, the (context, batch) cases taking turns step by step
 (so noise lands on all alike). torch gets 2 threads; minigriffin MINIGRIFFIN_DECODE_THREADS=2 unless set
 (the library's default is 1): with batch > 1 each of 2 Python threads takes half the rows through every
-block, meeting at each attention block's cache append and at the end of the step. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
+block, meeting once, at the end of the step; with batch 1 the two threads split attention over 8k keys or
+more between them. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
 """
 

@@ -6,11 +6,11 @@ computation is the same, operation for operation, as that reference (and so as `
 
     recurrent block   one kernel: RMSNorm, linear_y + GeLU, linear_x, the K Conv1D taps with their document
                       mask, the RG-LRU gates and state update, linear_out, residual, RMSNorm, gated MLP, residual
-    attention block   kernel 1: RMSNorm, q/k/v projections and RoPE; then the step's key and value are written
-                      into the preallocated cache (inference._kv_append); BLAS products read the keys once for
-                      logits = K q^T (in chunks, see _LOGITS_CHUNK); a kernel scales, masks and takes the max;
-                      NumPy's np.exp(logits - max) in place; a kernel reads the values once for the sums and
-                      o = p V; kernel 2: proj_final, residual, RMSNorm, gated MLP, residual
+    attention block   kernel 1: RMSNorm, q/k/v projections and RoPE, writing the step's key and value straight
+                      into the slot reserved for them in the preallocated cache (inference._kv_reserve);
+                      a kernel reads the keys once for the scaled, masked logits minus their max; NumPy's
+                      np.exp in place; a kernel reads the values once for the sums and o = p V; kernel 2:
+                      proj_final, residual, RMSNorm, gated MLP, residual
     head              RMSNorm, tied projection, soft-cap
 
 Why it is faster (docs/benchmarks.md, "Decode-step cost"): the plain path spends a decode step in hundreds of
@@ -22,13 +22,17 @@ made once per state lineage (`DecodePlan`, carried by the ModelState), so params
 place while a state made from them is still being continued (training and then decoding with a fresh
 `init_state` is fine). Rows of the batch are independent in a decode step, so with B > 1 and
 MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per Python thread, each taking its
-rows through every block (the kernels release the GIL); the threads meet only at each attention block's
-cache append and at the end of the step (run_rows, _groups). The default is one thread.
+rows through every block (the kernels release the GIL); every attention block's cache slot is reserved
+before they start, so the threads meet once, at the end of the step (run_rows, _groups). A batch of one
+instead splits long attention (at least 2 x SPLIT_MIN_KEYS keys) between the threads
+(attention_core_split). The default is one thread.
 
-No `fastmath`: every multiply and add is the reference's, in the model dtype (constants are cast to it, as
-NumPy does with Python scalars). Sums run in another order than OpenBLAS's, so float64 results agree with
-the plain path to ~1e-15 relative, not bit for bit; tests/test_decode.py checks token-by-token decoding
-against model_forward at rtol 1e-12 (float64) and 1e-5 (float32).
+No `fastmath`, except "reassoc" and "contract" in one function, `_dot` (the logits' dot products, which LLVM
+vectorises only when it may reorder the sum; NaN and inf semantics are kept). Every other multiply and add
+is the reference's, in the model dtype (constants are cast to it, as NumPy does with Python scalars). Sums
+run in another order than OpenBLAS's, so float64 results agree with the plain path to ~1e-15 relative, not
+bit for bit; tests/test_decode.py checks token-by-token decoding against model_forward at rtol 1e-12
+(float64) and 1e-5 (float32).
 """
 
 import os
@@ -282,59 +286,94 @@ def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out,
             v_out[r, j] = v[b, j]
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot(x, y, zero):  # pragma: no cover - compiled by Numba
+    """sum_j x[j] * y[j] for contiguous 1-D x, y, accumulated in their dtype from `zero`.
+
+    The one place in the decode kernels that lets LLVM reorder a sum ("reassoc", and "contract" for fused
+    multiply-adds): a dot product along a contiguous row needs that to be vectorised. No "nnan"/"ninf", so
+    NaN and inf still propagate (docs/conventions.md, "Functions"). The order differs from the reference's BLAS product,
+    which has its own order anyway; the tests compare at rtol 1e-12 in float64."""
+    acc = zero
+    for j in range(x.shape[0]):
+        acc += x[j] * y[j]
+    return acc
+
+
 @njit(cache=True, nogil=True)
-def _mask_max_rows(r0, r1, logits, doc, query_doc, cs, m):  # pragma: no cover - compiled by Numba
-    """Scale, document mask and max for rows [r0, r1). logits: (B, M, H) raw k.q products, scaled in place,
-    -inf where masked; doc: (B, M) the keys' document ids; writes m: (B, H) the max over the visible keys.
-    Key s is visible iff doc[b, s] == query_doc[b] (every cached key is inside the window by construction;
-    the query's own key always is). In the reference a masked logit is MIN_LOGITS_VALUE, whose exp(MIN -
-    max) is exactly 0; exp(-inf - max) is exactly 0 too."""
-    M, H = logits.shape[1], logits.shape[2]
+def _logits_rows(r0, r1, q, keys, doc, start, stop, query_doc, cs, logits, m):  # pragma: no cover
+    """Scaled, masked logits minus their max, for rows [r0, r1) over keys start <= s < stop of the cache.
+
+    q: (B, H, Dh); keys: (B, C, Dh) and doc: (B, C) the cache buffers (C-contiguous, so that each key row is
+    a contiguous vector: a view of the entries [start, stop) would skip the rest of each buffer row, and
+    Numba cannot vectorise a strided array's inner loop; that ran 3.7x slower, measured). Writes
+    logits[b - r0, s - start, h] = scale * k_s.q_h - m[b - r0, h], -inf where masked, and m the max over the
+    visible keys (-inf where none is visible, possible only in one run of keys of attention_core_split; then
+    nothing is shifted, as exp(-inf) is 0 anyway). Key s is visible iff doc[b, s] == query_doc[b] (every
+    cached key is inside the window by construction; the query's own key always is). In the reference a
+    masked logit is MIN_LOGITS_VALUE, whose exp(MIN - max) is exactly 0; exp(-inf - max) is exactly 0 too.
+    One pass over the keys; it beat OpenBLAS's (M, Dh) x (Dh, H) product (0.28 against 0.38 ms at 16k keys),
+    whose calls from two threads at once also ran slower than one after the other."""
+    H = q.shape[1]
     neg_inf = -np.inf
+    shift = np.empty(H, logits.dtype)
     for b in range(r0, r1):
+        i = b - r0
         qd = query_doc[b]
         for h in range(H):
-            m[b, h] = neg_inf
-        for s in range(M):
+            m[i, h] = neg_inf
+        for s in range(start, stop):
             if doc[b, s] == qd:
                 for h in range(H):
-                    val = logits[b, s, h] * cs[ATTN_SCALE]
-                    logits[b, s, h] = val
-                    if val > m[b, h]:
-                        m[b, h] = val
+                    val = _dot(keys[b, s], q[b, h], cs[ZERO]) * cs[ATTN_SCALE]
+                    logits[i, s - start, h] = val
+                    if val > m[i, h]:
+                        m[i, h] = val
             else:
                 for h in range(H):
-                    logits[b, s, h] = neg_inf
+                    logits[i, s - start, h] = neg_inf
+        for h in range(H):
+            shift[h] = m[i, h] if m[i, h] != neg_inf else cs[ZERO]
+        for s in range(stop - start):
+            for h in range(H):
+                logits[i, s, h] = logits[i, s, h] - shift[h]
 
 
 @njit(cache=True, nogil=True)
-def _attend_rows(r0, r1, p, values, cs, o):  # pragma: no cover - compiled by Numba
-    """Normalisation and weighted sum for rows [r0, r1). p: (B, M, H) the unnormalised exp(logit - max), 0
-    where masked; values: (B, M, Dh) (a view of the cache); writes o: (B, H * Dh) = sum_s (p[s, h] /
-    total[h]) v[s]: one pass over the values, each row of them used by all H heads while it is in L1."""
-    M, H = p.shape[1], p.shape[2]
+def _attend_rows(r0, r1, p, values, start, stop, cs, total, o, normalise):  # pragma: no cover - compiled by Numba
+    """Softmax sums and weighted values for rows [r0, r1) over keys start <= s < stop. p: (r1 - r0, stop -
+    start, H) the unnormalised exp(logit - max), 0 where masked; values: (B, C, Dh) the cache buffer (as
+    _logits_rows). Writes total[b - r0, h] = sum_s p[s, h] and o[b] (o: (B, H * Dh)) = sum_s w[s, h] v[s],
+    with w = p / total (normalise=True: the softmax, as the reference divides) or w = p (normalise=False:
+    the partial sums of one run of keys, attention_core_split). One pass over the values, each row of them
+    used by all H heads while it is in L1."""
+    H = p.shape[2]
     Dh = values.shape[2]
-    total = np.empty(H, p.dtype)
+    M = stop - start
+    ones = np.ones(H, p.dtype)
     for b in range(r0, r1):
-        total[:] = cs[ZERO]
+        i = b - r0
+        for h in range(H):
+            total[i, h] = cs[ZERO]
         for s in range(M):
             for h in range(H):
-                total[h] += p[b, s, h]
-        for i in range(H * Dh):
-            o[b, i] = cs[ZERO]
-        # o[h] = sum_s (p[s, h] / total[h]) v[s], in the order s = 0, 1, ...; four keys per pass over o[h]
-        # (as _matvec). A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
+                total[i, h] += p[i, s, h]
+        divisor = total[i] if normalise else ones
+        for k in range(H * Dh):
+            o[b, k] = cs[ZERO]
+        # o[h] = sum_s w[s, h] v[s], in the order s = 0, 1, ...; four keys per pass over o[h] (as _matvec).
+        # A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
         M4 = M - M % 4
         for s in range(0, M4, 4):
-            v0 = values[b, s]
-            v1 = values[b, s + 1]
-            v2 = values[b, s + 2]
-            v3 = values[b, s + 3]
+            v0 = values[b, start + s]
+            v1 = values[b, start + s + 1]
+            v2 = values[b, start + s + 2]
+            v3 = values[b, start + s + 3]
             for h in range(H):
-                p0 = p[b, s, h] / total[h]
-                p1 = p[b, s + 1, h] / total[h]
-                p2 = p[b, s + 2, h] / total[h]
-                p3 = p[b, s + 3, h] / total[h]
+                p0 = p[i, s, h] / divisor[h]
+                p1 = p[i, s + 1, h] / divisor[h]
+                p2 = p[i, s + 2, h] / divisor[h]
+                p3 = p[i, s + 3, h] / divisor[h]
                 oh = o[b, h * Dh:(h + 1) * Dh]
                 for j in range(Dh):
                     acc = oh[j]
@@ -344,10 +383,11 @@ def _attend_rows(r0, r1, p, values, cs, o):  # pragma: no cover - compiled by Nu
                     acc = acc + p3 * v3[j]
                     oh[j] = acc
         for s in range(M4, M):
+            v_s = values[b, start + s]
             for h in range(H):
-                ps = p[b, s, h] / total[h]
+                ps = p[i, s, h] / divisor[h]
                 for j in range(Dh):
-                    o[b, h * Dh + j] += ps * values[b, s, j]
+                    o[b, h * Dh + j] += ps * v_s[j]
 
 
 @njit(cache=True, nogil=True)
@@ -445,17 +485,30 @@ def make_plan(params, cfg):
                       _c(params["embedder"]["input_embedding"].T), _constants(cfg))
 
 
+def decode_threads():
+    """Threads a decode step may use: MINIGRIFFIN_DECODE_THREADS (default 1), an int >= 1."""
+    raw = os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1")
+    try:
+        wanted = int(raw)
+    except ValueError:
+        raise ValueError(f"MINIGRIFFIN_DECODE_THREADS must be an integer >= 1, got {raw!r}") from None
+    if wanted < 1:
+        raise ValueError(f"MINIGRIFFIN_DECODE_THREADS must be an integer >= 1, got {raw!r}")
+    return wanted
+
+
 def _groups(B):
     """Row groups for a decode step: one per decode thread (at most B); 1 means everything on this thread.
 
-    Decode threads: MINIGRIFFIN_DECODE_THREADS (default 1). Rows of the batch are independent in a decode
-    step, so with B > 1 each thread can take a group of rows through all the blocks (run_rows), and the
-    threads meet only where the attention cache is appended to (once per attention block) and at the end.
-    One per step matters: with a parallel region per kernel call (13 a step), each region waited for a
-    descheduled thread whenever another process held a core, and steps took 10-30x longer on our shared VM.
-    Still serial by default, because even one wait per step costs a scheduler quantum on a busy machine."""
-    wanted = int(os.environ.get("MINIGRIFFIN_DECODE_THREADS", "1"))
-    return max(1, min(B, wanted))
+    Rows of the batch are independent in a decode step, so with B > 1 each thread can take a group of rows
+    through all the blocks (run_rows), and the threads meet once, at the end: every attention block's cache
+    slot for the step is reserved before they start (inference._kv_reserve), so each group writes its own
+    rows' keys and values. Once per step matters: with a parallel region per kernel call (13 a step), each
+    region waited for a descheduled thread whenever another process held a core, and steps took 10-30x
+    longer on our shared VM. A batch of one uses the other threads inside long attention blocks instead
+    (attention_core_split). Serial by default, because even one wait per step costs a scheduler quantum on
+    a busy machine."""
+    return max(1, min(B, decode_threads()))
 
 
 _POOLS = {}
@@ -485,31 +538,60 @@ def rope_sin_cos(positions, half, dtype):
     return np.ascontiguousarray(np.sin(theta).astype(dtype)), np.ascontiguousarray(np.cos(theta).astype(dtype))
 
 
-# Keys per BLAS call for the logits. OpenBLAS runs a gemm on all its threads once m * n * k reaches about
-# 2^18 (here M * H * Dh = M * 256), and on our 2 cores, busy or not, that start-up cost ~8 ms a call (b8 at
-# 2k-16k keys took 60 ms per layer for a 1 ms product). Chunks of 512 keys stay single-threaded.
-_LOGITS_CHUNK = 512
+def _probabilities(r0, r1, q, keys, doc, start, stop, query_doc, cs, m):
+    """The unnormalised softmax exp(scale k.q - max), 0 where masked, for rows [r0, r1) over the cache
+    entries [start, stop) (_logits_rows); returns (r1 - r0, stop - start, H) and writes m: (r1 - r0, H).
+    The exponentials are NumPy's vectorised np.exp (as in the reference), in place: a scalar exp in a Numba
+    loop cost ~20 ns each, a third of a long-context step. Both calls release the GIL."""
+    logits = np.empty((r1 - r0, stop - start, q.shape[1]), q.dtype)      # (rows, M, H)
+    _logits_rows(r0, r1, q, keys, doc, start, stop, query_doc, cs, logits, m)
+    np.exp(logits, out=logits)
+    return logits
 
 
-def attention_core_rows(r0, r1, q, keys, values, doc, query_doc, cs, o):
-    """Softmax attention of q: (B, H, Dh) over keys, values: (B, M, Dh) (views of the cache, read once each:
-    keys by BLAS products, values by a kernel) with key document ids doc: (B, M), for batch rows [r0, r1),
-    writing o[r0:r1] of o: (B, H * Dh). K q^T, not q K^T: OpenBLAS reads a
-    (M, Dh) x (Dh, H) product twice as fast (measured). The exponentials are NumPy's vectorised np.exp (as in
-    the reference), in place on the (rows, M, H) logits between the kernels: a scalar exp in the Numba loop
-    cost ~20 ns each, a third of a long-context step. Every call here releases the GIL (BLAS, NumPy's exp,
-    the nogil kernels), so row groups can run in threads (run_rows)."""
-    H, Dh = q.shape[1], q.shape[2]
-    M = keys.shape[1]
-    qt = q[r0:r1].transpose(0, 2, 1)                                       # (rows, Dh, H)
-    logits = np.empty((r1 - r0, M, H), q.dtype)                            # (rows, M, H)
-    for c in range(0, M, _LOGITS_CHUNK):
-        np.matmul(keys[r0:r1, c:c + _LOGITS_CHUNK], qt, out=logits[:, c:c + _LOGITS_CHUNK])
+def attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o):
+    """Softmax attention of q: (B, H, Dh) over the cache entries [start, stop) of keys, values: (B, C, Dh) and
+    their document ids doc: (B, C) (the C-contiguous cache buffers, each read once), for batch rows [r0, r1),
+    writing o[r0:r1] of o: (B, H * Dh). Rows run independently, so row groups can run in threads (run_rows)."""
+    H = q.shape[1]
     m = np.empty((r1 - r0, H), q.dtype)                                    # (rows, H) max over visible keys
-    _mask_max_rows(0, r1 - r0, logits, doc[r0:r1], query_doc[r0:r1], cs, m)
-    np.subtract(logits, m[:, None, :], out=logits)
-    np.exp(logits, out=logits)                                             # unnormalised p, 0 where masked
-    _attend_rows(0, r1 - r0, logits, values[r0:r1], cs, o[r0:r1])
+    total = np.empty((r1 - r0, H), q.dtype)                                # (rows, H) softmax denominators
+    p = _probabilities(r0, r1, q, keys, doc, start, stop, query_doc, cs, m)    # (rows, M, H)
+    _attend_rows(r0, r1, p, values, start, stop, cs, total, o, True)
 
 
-__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "run_rows"]
+# Keys per thread below which attention_core_split is not worth its thread hand-off and combine (~0.25 ms
+# a block, measured: at 4k keys two runs of 2k took 0.46 ms against 0.38 in one; at 16k, 0.97 against 1.41).
+SPLIT_MIN_KEYS = 4096
+
+
+def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_parts):
+    """attention_core_rows for every row, with the entries [start, stop) cut into n_parts runs taken by
+    n_parts threads: how a batch of one uses a second core at long contexts (flash-decoding). Each run j
+    gives its max m_j, its sum t_j = sum_s exp(l_s - m_j) and its unnormalised o_j = sum_s exp(l_s - m_j) v_s;
+    with M = max_j m_j and w_j = exp(m_j - M) (0 for a run with no visible key),
+        o = sum_j w_j o_j / sum_j w_j t_j,
+    which is the softmax-weighted sum over all keys. The division comes after the sum here (the reference
+    divides each weight first), so results agree to rounding, not bit for bit."""
+    B, H, Dh = q.shape
+    bounds = [start + j * (stop - start) // n_parts for j in range(n_parts + 1)]
+    maxes = np.empty((n_parts, B, H), q.dtype)                             # (n_parts, B, H) m_j
+    totals = np.empty((n_parts, B, H), q.dtype)                            # (n_parts, B, H) t_j
+    sums = np.empty((n_parts, B, H * Dh), q.dtype)                         # (n_parts, B, H * Dh) o_j
+
+    def run(j0, j1):
+        for j in range(j0, j1):
+            k0, k1 = bounds[j], bounds[j + 1]
+            p = _probabilities(0, B, q, keys, doc, k0, k1, query_doc, cs, maxes[j])     # (B, M_j, H)
+            _attend_rows(0, B, p, values, k0, k1, cs, totals[j], sums[j], False)
+
+    run_rows(n_parts, n_parts, run)
+    top = maxes.max(axis=0)                                                # (B, H) finite: the query sees itself
+    weights = np.exp(maxes - top)                                          # (n_parts, B, H) 0 for an empty run
+    numerator = (weights[..., None] * sums.reshape(n_parts, B, H, Dh)).sum(axis=0)     # (B, H, Dh)
+    denominator = (weights * totals).sum(axis=0)                                        # (B, H)
+    o[:] = (numerator / denominator[..., None]).reshape(B, H * Dh)
+
+
+__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "attention_core_split",
+           "run_rows", "decode_threads"]

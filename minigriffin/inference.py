@@ -157,38 +157,47 @@ def _slack(n):
     return min(max(n // 4, 16), 1024)
 
 
-def _kv_append(state, k, v, doc, window):
-    """Append T tokens' keys, values (B, T, Dh) and document ids (B, T) to an AttentionState.
+def _kv_reserve(state, T, window):
+    """Make room for T more tokens in an AttentionState's cache, without writing them yet.
 
-    Returns (keys, values, docs, new_state): views of the last min(N + T, W + 1) entries, contiguous in the
-    buffer (for a single token, everything it attends to: the cached N <= W keys and its own), and the new
-    state holding the last min(N + T, W)."""
+    Returns (keys, values, docs, new_state, n_new): views of the last min(N + T, W + 1) entries, contiguous
+    in the buffer (for a single token, everything it attends to: the cached N <= W keys and its own), whose
+    last n_new = min(T, W + 1) entries are the slots for the newest tokens' keys, values and document ids
+    (the caller fills them), and the new state holding the last min(N + T, W). Splitting the reservation
+    from the write lets a decode step reserve every block's slot up front, so that threads working on
+    different rows of the batch can each write their own rows without meeting (inference._decode_step)."""
     B, N, Dh = state.keys.shape
-    T = k.shape[1]
     reach = min(N + T, window + 1)
     keep = min(N + T, window)
+    n_new = min(T, reach)
     buf = state.buffer
     end = state.start + N
     if buf is not None and buf.head == end and end + T <= buf.capacity:
-        buf.keys[:, end:end + T] = k                        # in place: nothing any state sees is overwritten
-        buf.values[:, end:end + T] = v
-        buf.doc[:, end:end + T] = doc
-        new_end = end + T
+        new_end = end + T                                   # in place: nothing any state sees is overwritten
     else:                                                   # a fresh buffer with the last `reach` entries
         buf = KVBuffer(B, reach + _slack(reach), Dh, state.keys.dtype)
-        n_new = min(T, reach)
         n_old = reach - n_new                               # <= N
         buf.keys[:, :n_old] = state.keys[:, N - n_old:]
         buf.values[:, :n_old] = state.values[:, N - n_old:]
         buf.doc[:, :n_old] = state.doc[:, N - n_old:]
-        buf.keys[:, n_old:reach] = k[:, T - n_new:]
-        buf.values[:, n_old:reach] = v[:, T - n_new:]
-        buf.doc[:, n_old:reach] = doc[:, T - n_new:]
         new_end = reach
     buf.head = new_end
     a, s = new_end - reach, new_end - keep
     new_state = AttentionState(buf.keys[:, s:new_end], buf.values[:, s:new_end], buf.doc[:, s:new_end], buf, s)
-    return buf.keys[:, a:new_end], buf.values[:, a:new_end], buf.doc[:, a:new_end], new_state
+    return buf.keys[:, a:new_end], buf.values[:, a:new_end], buf.doc[:, a:new_end], new_state, n_new
+
+
+def _kv_append(state, k, v, doc, window):
+    """Append T tokens' keys, values (B, T, Dh) and document ids (B, T) to an AttentionState.
+
+    Returns (keys, values, docs, new_state) as _kv_reserve, with the new tokens written (the last
+    min(T, W + 1) of them: earlier ones would fall out of the window at once)."""
+    T = k.shape[1]
+    keys, values, docs, new_state, n_new = _kv_reserve(state, T, window)
+    keys[:, -n_new:] = k[:, T - n_new:]
+    values[:, -n_new:] = v[:, T - n_new:]
+    docs[:, -n_new:] = doc[:, T - n_new:]
+    return keys, values, docs, new_state
 
 
 def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
@@ -319,17 +328,13 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
     doc = state.doc + reset                                                # (B,) int64 its document id
     B = x.shape[0]
     n_groups = decode._groups(B)
+    split_threads = decode.decode_threads() if n_groups == 1 else 1   # a batch of one splits long attention
     sin = cos = None
     new_blocks = []
-    # Each row group runs `pending` (the kernels since the last meeting point) on its own rows; the groups
-    # meet where every row's new key and value go into the shared cache, and at the end.
-    pending = []
-
-    def flush():
-        steps = tuple(pending)
-        decode.run_rows(n_groups, B, lambda r0, r1: [step(r0, r1) for step in steps])
-        pending.clear()
-
+    # `work` lists the kernels of the step in order, each taking a group of rows [r0, r1). Every attention
+    # block's cache slot for this token is reserved here, before any kernel runs, so row groups can run the
+    # whole list in their own threads and meet once, at the end.
+    work = []
     for kind, plan_block, block_state in zip(cfg.block_types, plan.blocks, state.blocks):
         x_out = np.empty_like(x)                                           # (B, D)
         if kind == RECURRENT:
@@ -337,27 +342,33 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
                                  np.empty_like(block_state.conv_doc))
             args = (x, reset, doc, decode._c(block_state.h), decode._c(block_state.conv_x),
                     decode._c(block_state.conv_doc)) + plan_block + (cs, x_out) + tuple(new)
-            pending.append(lambda r0, r1, args=args: decode._recurrent_rows(r0, r1, *args))
+            work.append(lambda r0, r1, args=args: decode._recurrent_rows(r0, r1, *args))
         else:
             if sin is None:                                                # (B, Dh/4) each, shared by all blocks
                 sin, cos = decode.rope_sin_cos(positions, cfg.head_dim // 4, x.dtype)
             H, Dh = cfg.num_heads, cfg.head_dim
-            q, k, v = np.empty((B, H, Dh), x.dtype), np.empty((B, Dh), x.dtype), np.empty((B, Dh), x.dtype)
-            args = (x, sin, cos) + plan_block[0] + (cs, q, k, v)
-            pending.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
-            flush()                                                        # every row's k, v: then append
-            keys, values, docs, new = _kv_append(block_state, k[:, None], v[:, None], doc[:, None],
-                                                 cfg.attention_window_size)   # (B, N+1, Dh) views of the cache
+            keys, _, docs, new, _ = _kv_reserve(block_state, 1, cfg.attention_window_size)   # (B, N+1, ...)
+            buf = new.buffer                                               # the views end at buf.head
+            stop = buf.head
+            start = stop - keys.shape[1]
+            docs[:, -1] = doc                                              # the last entry is this token's slot
+            q = np.empty((B, H, Dh), x.dtype)
+            args = (x, sin, cos) + plan_block[0] + (cs, q, buf.keys[:, stop - 1], buf.values[:, stop - 1])
+            work.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
             o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
-            core = (q, keys, values, docs, doc, cs, o)
+            core = (q, buf.keys, buf.values, buf.doc, start, stop, doc, cs, o)   # kernels take whole buffers
+            n_parts = min(split_threads, (stop - start) // decode.SPLIT_MIN_KEYS)
+            if n_parts > 1:                                                # B = 1 here: the one group is all rows
+                work.append(lambda r0, r1, core=core, n=n_parts: decode.attention_core_split(*core, n))
+            else:
+                work.append(lambda r0, r1, core=core: decode.attention_core_rows(r0, r1, *core))
             out = (x, o) + plan_block[1] + (cs, x_out)
-            pending.append(lambda r0, r1, core=core: decode.attention_core_rows(r0, r1, *core))
-            pending.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
+            work.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
         new_blocks.append(new)
         x = x_out
     logits = np.empty((B, plan.table_t.shape[1]), x.dtype)                 # (B, V)
     head_args = (x, plan.final_scale, plan.table_t, cs, logits)
-    pending.append(lambda r0, r1: decode._head_rows(r0, r1, *head_args))
-    flush()
+    work.append(lambda r0, r1: decode._head_rows(r0, r1, *head_args))
+    decode.run_rows(n_groups, B, lambda r0, r1: [step(r0, r1) for step in work])
     logits = logits[:, None]                                               # (B, 1, V)
     return logits, ModelState(tuple(new_blocks), doc, state.num_tokens + 1, plan)

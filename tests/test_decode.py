@@ -161,3 +161,74 @@ def test_parallel_row_groups_equal_serial(monkeypatch):
         results.append(run_chunks(params, tokens, segment_pos, cfg, [1] * T)[0])
     np.testing.assert_array_equal(results[0], results[1])                       # float64, bitwise
     np.testing.assert_array_equal(results[0], results[2])                       # float64, bitwise
+
+
+def _softmax_attention(q, keys, values, doc, query_doc, scale):
+    """Plain NumPy reference: o[b, h] = softmax_s(scale k_s.q_h over keys with doc == query_doc) @ V."""
+    logits = scale * np.einsum("bsd,bhd->bhs", keys, q)                         # (B, H, M)
+    logits = np.where((doc == query_doc[:, None])[:, None, :], logits, -np.inf)
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhs,bsd->bhd", p, values).reshape(q.shape[0], -1)        # (B, H * Dh)
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_attention_core_equals_softmax_reference(n_parts):
+    """attention_core_rows and attention_core_split (keys cut into runs, flash-decoding's combine) on the
+    entries [start, stop) of a larger buffer, against plain NumPy softmax attention; also when a whole run of
+    keys is masked (another document) and so has no max of its own."""
+    rng = np.random.default_rng(0)
+    B, H, Dh, C, start, stop = 3, 4, 8, 120, 7, 97
+    cfg, _, _ = tiny_model(CASES["mqa-global"], "float64", 1)
+    cs = decode._constants(cfg)
+    q = rng.standard_normal((B, H, Dh))
+    keys, values = rng.standard_normal((B, C, Dh)), rng.standard_normal((B, C, Dh))
+    doc = np.ones((B, C), np.int64)
+    doc[1, :start + 50] = 0                                 # row 1: its first run (or two) of keys all masked
+    doc[2, ::3] = 0                                         # row 2: scattered masked keys
+    query_doc = np.ones(B, np.int64)
+    view = slice(start, stop)
+    expected = _softmax_attention(q, keys[:, view], values[:, view], doc[:, view], query_doc, cs[decode.ATTN_SCALE])
+    rows, split = np.full((B, H * Dh), np.nan), np.full((B, H * Dh), np.nan)
+    decode.attention_core_rows(0, B, q, keys, values, doc, start, stop, query_doc, cs, rows)
+    decode.attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, split, n_parts)
+    assert_close_to_scale(rows, expected, 1e-13)                                 # float64, rtol 1e-13
+    assert_close_to_scale(split, expected, 1e-13)                                # float64, rtol 1e-13
+
+
+def test_batch_of_one_splits_long_attention(monkeypatch):
+    """With two decode threads and B = 1, attention over many keys runs in two runs of keys on two threads;
+    token-by-token decoding still equals the full forward pass."""
+    cfg, params, _ = tiny_model(CASES["mqa-global"], "float64", 3)
+    T = 100
+    monkeypatch.setenv("MINIGRIFFIN_DECODE_THREADS", "2")
+    monkeypatch.setattr(decode, "SPLIT_MIN_KEYS", 16)     # split from 32 keys on (the default is 4096 per thread)
+    calls = []
+    split = decode.attention_core_split
+    monkeypatch.setattr(decode, "attention_core_split", lambda *a: calls.append(a[-1]) or split(*a))
+    segment_pos = _segment_pos(T)[1:]                      # one row, packed documents
+    tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
+    full, _ = model_forward(params, tokens, segment_pos, cfg)
+    stepped, _ = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
+    assert calls and set(calls) == {2}                     # the split ran, in two runs
+    assert_close_to_scale(stepped, full, 1e-12)                                          # float64, rtol 1e-12
+
+
+@pytest.mark.parametrize("raw", ["0", "two", "-1"])
+def test_bad_decode_thread_count_is_an_error(monkeypatch, raw):
+    monkeypatch.setenv("MINIGRIFFIN_DECODE_THREADS", raw)
+    with pytest.raises(ValueError, match="MINIGRIFFIN_DECODE_THREADS"):
+        decode.decode_threads()
+
+
+def test_nan_in_a_key_reaches_the_output():
+    """The logits' dot products may be reordered (fastmath "reassoc"), but NaN must still propagate."""
+    cfg, _, _ = tiny_model(CASES["mqa-global"], "float64", 1)
+    cs = decode._constants(cfg)
+    rng = np.random.default_rng(0)
+    B, H, Dh, M = 2, 4, 8, 20
+    q, keys, values = rng.standard_normal((B, H, Dh)), rng.standard_normal((B, M, Dh)), rng.standard_normal((B, M, Dh))
+    keys[1, 5, 3] = np.nan
+    doc, query_doc, o = np.zeros((B, M), np.int64), np.zeros(B, np.int64), np.empty((B, H * Dh))
+    decode.attention_core_rows(0, B, q, keys, values, doc, 0, M, query_doc, cs, o)
+    assert np.isfinite(o[0]).all() and np.isnan(o[1]).all()
