@@ -24,7 +24,7 @@ place while a state made from them is still being continued (training and then d
 MINIGRIFFIN_DECODE_THREADS > 1 the batch is split into one group of rows per Python thread, each taking its
 rows through every block (the kernels release the GIL); every attention block's cache slot is reserved
 before they start, so the threads meet once, at the end of the step (run_rows, _groups). A batch of one
-instead splits long attention (at least 2 x SPLIT_MIN_KEYS keys) between the threads
+instead splits attention over at least 2 x SPLIT_MIN_KEYS keys between Numba threads
 (attention_core_split). The default is one thread.
 
 No `fastmath`, except "reassoc" and "contract" in one function, `_dot` (the logits' dot products, which LLVM
@@ -40,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+import numba
+from numba import njit, prange
 
 from minigriffin.attention import MIN_LOGITS_VALUE
 from minigriffin.config import RECURRENT
@@ -301,28 +302,26 @@ def _dot(x, y, zero):  # pragma: no cover - compiled by Numba
 
 
 @njit(cache=True, nogil=True)
-def _logits_rows(r0, r1, q, keys, doc, start, stop, query_doc, cs, logits, m):  # pragma: no cover
-    """Scaled, masked logits minus their max, for rows [r0, r1) over keys start <= s < stop of the cache.
+def _scaled_logits(r0, r1, q, keys, doc, start, k0, k1, query_doc, cs, logits, m):  # pragma: no cover
+    """Scaled, masked logits for rows [r0, r1) over the cache entries k0 <= s < k1 (start <= k0).
 
     q: (B, H, Dh); keys: (B, C, Dh) and doc: (B, C) the cache buffers (C-contiguous, so that each key row is
     a contiguous vector: a view of the entries [start, stop) would skip the rest of each buffer row, and
     Numba cannot vectorise a strided array's inner loop; that ran 3.7x slower, measured). Writes
-    logits[b - r0, s - start, h] = scale * k_s.q_h - m[b - r0, h], -inf where masked, and m the max over the
-    visible keys (-inf where none is visible, possible only in one run of keys of attention_core_split; then
-    nothing is shifted, as exp(-inf) is 0 anyway). Key s is visible iff doc[b, s] == query_doc[b] (every
-    cached key is inside the window by construction; the query's own key always is). In the reference a
-    masked logit is MIN_LOGITS_VALUE, whose exp(MIN - max) is exactly 0; exp(-inf - max) is exactly 0 too.
-    One pass over the keys; it beat OpenBLAS's (M, Dh) x (Dh, H) product (0.28 against 0.38 ms at 16k keys),
-    whose calls from two threads at once also ran slower than one after the other."""
+    logits[b - r0, s - start, h] = scale * k_s.q_h, -inf where masked, and m[b - r0, h] the max over the
+    visible keys (-inf where none is). Key s is visible iff doc[b, s] == query_doc[b] (every cached key is
+    inside the window by construction; the query's own key always is). In the reference a masked logit is
+    MIN_LOGITS_VALUE, whose exp(MIN - max) is exactly 0; exp(-inf - max) is exactly 0 too. One pass over the
+    keys; it beat OpenBLAS's (M, Dh) x (Dh, H) product (0.28 against 0.38 ms at 16k keys), whose calls from
+    two threads at once also ran slower than one after the other."""
     H = q.shape[1]
     neg_inf = -np.inf
-    shift = np.empty(H, logits.dtype)
     for b in range(r0, r1):
         i = b - r0
         qd = query_doc[b]
         for h in range(H):
             m[i, h] = neg_inf
-        for s in range(start, stop):
+        for s in range(k0, k1):
             if doc[b, s] == qd:
                 for h in range(H):
                     val = _dot(keys[b, s], q[b, h], cs[ZERO]) * cs[ATTN_SCALE]
@@ -332,48 +331,54 @@ def _logits_rows(r0, r1, q, keys, doc, start, stop, query_doc, cs, logits, m):  
             else:
                 for h in range(H):
                     logits[i, s - start, h] = neg_inf
+
+
+@njit(cache=True, nogil=True)
+def _subtract_max(logits, m, s0, s1, cs):  # pragma: no cover - compiled by Numba
+    """logits[i, s, h] -= m[i, h] for s0 <= s < s1; a row and head with no visible key (m = -inf) is left
+    as it is (all -inf, and exp(-inf) = 0), where subtracting would give NaN."""
+    H = logits.shape[2]
+    shift = np.empty(H, logits.dtype)
+    for i in range(logits.shape[0]):
         for h in range(H):
-            shift[h] = m[i, h] if m[i, h] != neg_inf else cs[ZERO]
-        for s in range(stop - start):
+            shift[h] = m[i, h] if m[i, h] != -np.inf else cs[ZERO]
+        for s in range(s0, s1):
             for h in range(H):
                 logits[i, s, h] = logits[i, s, h] - shift[h]
 
 
 @njit(cache=True, nogil=True)
-def _attend_rows(r0, r1, p, values, start, stop, cs, total, o, normalise):  # pragma: no cover - compiled by Numba
-    """Softmax sums and weighted values for rows [r0, r1) over keys start <= s < stop. p: (r1 - r0, stop -
-    start, H) the unnormalised exp(logit - max), 0 where masked; values: (B, C, Dh) the cache buffer (as
-    _logits_rows). Writes total[b - r0, h] = sum_s p[s, h] and o[b] (o: (B, H * Dh)) = sum_s w[s, h] v[s],
-    with w = p / total (normalise=True: the softmax, as the reference divides) or w = p (normalise=False:
-    the partial sums of one run of keys, attention_core_split). One pass over the values, each row of them
-    used by all H heads while it is in L1."""
+def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # pragma: no cover
+    """Softmax sums and weighted values for rows [r0, r1) over the cache entries k0 <= s < k1. p: (rows,
+    stop - start, H) the unnormalised exp(logit - max), 0 where masked, indexed by s - start; values:
+    (B, C, Dh) the cache buffer (as _scaled_logits). Writes total[b - r0, h] = sum_s p[s, h] and o[b]
+    (o: (B, H * Dh)) = sum_s p[s, h] v[s], divided by total[h] at the end if `normalise` (the softmax;
+    the reference divides each weight first, so the two agree to rounding). One pass over the values, each
+    row of them used by all H heads while it is in L1."""
     H = p.shape[2]
     Dh = values.shape[2]
-    M = stop - start
-    ones = np.ones(H, p.dtype)
     for b in range(r0, r1):
         i = b - r0
         for h in range(H):
             total[i, h] = cs[ZERO]
-        for s in range(M):
+        for s in range(k0, k1):
             for h in range(H):
-                total[i, h] += p[i, s, h]
-        divisor = total[i] if normalise else ones
+                total[i, h] += p[i, s - start, h]
         for k in range(H * Dh):
             o[b, k] = cs[ZERO]
-        # o[h] = sum_s w[s, h] v[s], in the order s = 0, 1, ...; four keys per pass over o[h] (as _matvec).
-        # A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
-        M4 = M - M % 4
-        for s in range(0, M4, 4):
-            v0 = values[b, start + s]
-            v1 = values[b, start + s + 1]
-            v2 = values[b, start + s + 2]
-            v3 = values[b, start + s + 3]
+        # o[h] = sum_s p[s, h] v[s], in the order s = k0, k0 + 1, ...; four keys per pass over o[h] (as
+        # _matvec). A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
+        k4 = k1 - (k1 - k0) % 4
+        for s in range(k0, k4, 4):
+            v0 = values[b, s]
+            v1 = values[b, s + 1]
+            v2 = values[b, s + 2]
+            v3 = values[b, s + 3]
             for h in range(H):
-                p0 = p[i, s, h] / divisor[h]
-                p1 = p[i, s + 1, h] / divisor[h]
-                p2 = p[i, s + 2, h] / divisor[h]
-                p3 = p[i, s + 3, h] / divisor[h]
+                p0 = p[i, s - start, h]
+                p1 = p[i, s + 1 - start, h]
+                p2 = p[i, s + 2 - start, h]
+                p3 = p[i, s + 3 - start, h]
                 oh = o[b, h * Dh:(h + 1) * Dh]
                 for j in range(Dh):
                     acc = oh[j]
@@ -382,12 +387,62 @@ def _attend_rows(r0, r1, p, values, start, stop, cs, total, o, normalise):  # pr
                     acc = acc + p2 * v2[j]
                     acc = acc + p3 * v3[j]
                     oh[j] = acc
-        for s in range(M4, M):
-            v_s = values[b, start + s]
+        for s in range(k4, k1):
+            v_s = values[b, s]
             for h in range(H):
-                ps = p[i, s, h] / divisor[h]
+                ps = p[i, s - start, h]
                 for j in range(Dh):
                     o[b, h * Dh + j] += ps * v_s[j]
+        if normalise:
+            for h in range(H):
+                for j in range(Dh):
+                    o[b, h * Dh + j] = o[b, h * Dh + j] / total[i, h]
+
+
+# A batch of one at long contexts: the keys cut into n_parts runs, one per thread (Numba parallel regions).
+# One global max is taken between the two regions, so every run's exp(l - max) is already the softmax
+# numerator and the runs' sums simply add (no flash-decoding rescale).
+
+@njit(cache=True, nogil=True, parallel=True)
+def _split_logits(q, keys, doc, start, stop, query_doc, cs, logits, maxes, m):  # pragma: no cover
+    """Region 1: each run's scaled logits and max (maxes: (n_parts, B, H)), then m: (B, H) the max over all
+    runs, subtracted from every logit. logits: (B, stop - start, H)."""
+    n_parts = maxes.shape[0]
+    B = q.shape[0]
+    M = stop - start
+    for j in prange(n_parts):
+        _scaled_logits(0, B, q, keys, doc, start, start + j * M // n_parts, start + (j + 1) * M // n_parts,
+                       query_doc, cs, logits, maxes[j])
+    for b in range(B):
+        for h in range(m.shape[1]):
+            top = maxes[0, b, h]
+            for j in range(1, n_parts):
+                top = max(top, maxes[j, b, h])
+            m[b, h] = top
+    for j in prange(n_parts):
+        _subtract_max(logits, m, j * M // n_parts, (j + 1) * M // n_parts, cs)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _split_attend(p, values, start, stop, cs, totals, sums, o):  # pragma: no cover
+    """Region 2: each run's sums (totals: (n_parts, B, H), sums: (n_parts, B, H * Dh)), then
+    o = sum_j sums_j / sum_j totals_j."""
+    n_parts, B, H = totals.shape
+    Dh = values.shape[2]
+    M = stop - start
+    for j in prange(n_parts):
+        _attend_rows(0, B, p, values, start, start + j * M // n_parts, start + (j + 1) * M // n_parts, cs,
+                     totals[j], sums[j], False)
+    for b in range(B):
+        for h in range(H):
+            denominator = totals[0, b, h]
+            for j in range(1, n_parts):
+                denominator += totals[j, b, h]
+            for k in range(h * Dh, (h + 1) * Dh):
+                numerator = sums[0, b, k]
+                for j in range(1, n_parts):
+                    numerator += sums[j, b, k]
+                o[b, k] = numerator / denominator
 
 
 @njit(cache=True, nogil=True)
@@ -538,60 +593,54 @@ def rope_sin_cos(positions, half, dtype):
     return np.ascontiguousarray(np.sin(theta).astype(dtype)), np.ascontiguousarray(np.cos(theta).astype(dtype))
 
 
-def _probabilities(r0, r1, q, keys, doc, start, stop, query_doc, cs, m):
-    """The unnormalised softmax exp(scale k.q - max), 0 where masked, for rows [r0, r1) over the cache
-    entries [start, stop) (_logits_rows); returns (r1 - r0, stop - start, H) and writes m: (r1 - r0, H).
-    The exponentials are NumPy's vectorised np.exp (as in the reference), in place: a scalar exp in a Numba
-    loop cost ~20 ns each, a third of a long-context step. Both calls release the GIL."""
-    logits = np.empty((r1 - r0, stop - start, q.shape[1]), q.dtype)      # (rows, M, H)
-    _logits_rows(r0, r1, q, keys, doc, start, stop, query_doc, cs, logits, m)
-    np.exp(logits, out=logits)
-    return logits
-
-
 def attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o):
     """Softmax attention of q: (B, H, Dh) over the cache entries [start, stop) of keys, values: (B, C, Dh) and
     their document ids doc: (B, C) (the C-contiguous cache buffers, each read once), for batch rows [r0, r1),
-    writing o[r0:r1] of o: (B, H * Dh). Rows run independently, so row groups can run in threads (run_rows)."""
+    writing o[r0:r1] of o: (B, H * Dh). Rows run independently, so row groups can run in threads (run_rows).
+    The exponentials are NumPy's vectorised np.exp (as in the reference), in place between the kernels: a
+    scalar exp in a Numba loop cost ~20 ns each, a third of a long-context step. Every call releases the GIL."""
     H = q.shape[1]
     m = np.empty((r1 - r0, H), q.dtype)                                    # (rows, H) max over visible keys
     total = np.empty((r1 - r0, H), q.dtype)                                # (rows, H) softmax denominators
-    p = _probabilities(r0, r1, q, keys, doc, start, stop, query_doc, cs, m)    # (rows, M, H)
-    _attend_rows(r0, r1, p, values, start, stop, cs, total, o, True)
+    logits = np.empty((r1 - r0, stop - start, H), q.dtype)                 # (rows, M, H)
+    _scaled_logits(r0, r1, q, keys, doc, start, start, stop, query_doc, cs, logits, m)
+    _subtract_max(logits, m, 0, stop - start, cs)
+    np.exp(logits, out=logits)                                             # unnormalised p, 0 where masked
+    _attend_rows(r0, r1, logits, values, start, start, stop, cs, total, o, True)
 
 
-# Keys per thread below which attention_core_split is not worth its thread hand-off and combine (~0.25 ms
-# a block, measured: at 4k keys two runs of 2k took 0.46 ms against 0.38 in one; at 16k, 0.97 against 1.41).
-SPLIT_MIN_KEYS = 4096
+# Keys per thread below which attention_core_split is not worth its two parallel regions. Measured with
+# 256 (MQA, batch 1, ms per step, one thread against two): 1k keys 2.9 against 2.1-2.9, 4k keys 4.5 against
+# 3.0-3.8; with the thread pool it replaced (a Python hand-off and a NumPy combine) 4k keys were slower split.
+SPLIT_MIN_KEYS = 256
+
+
+def split_parts(n_keys):
+    """Runs of keys for attention_core_split with a batch of one: one per decode thread (at most Numba's
+    thread count), each of at least SPLIT_MIN_KEYS keys; 1 means do not split."""
+    return max(1, min(decode_threads(), numba.get_num_threads(), n_keys // SPLIT_MIN_KEYS))
 
 
 def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_parts):
     """attention_core_rows for every row, with the entries [start, stop) cut into n_parts runs taken by
-    n_parts threads: how a batch of one uses a second core at long contexts (flash-decoding). Each run j
-    gives its max m_j, its sum t_j = sum_s exp(l_s - m_j) and its unnormalised o_j = sum_s exp(l_s - m_j) v_s;
-    with M = max_j m_j and w_j = exp(m_j - M) (0 for a run with no visible key),
-        o = sum_j w_j o_j / sum_j w_j t_j,
-    which is the softmax-weighted sum over all keys. The division comes after the sum here (the reference
-    divides each weight first), so results agree to rounding, not bit for bit."""
+    n_parts Numba threads: how a batch of one uses a second core at long contexts. Two parallel regions, one
+    for the logits (and the max over all runs, which every run then subtracts) and one for the runs' sums
+    sum_s p_s and sum_s p_s v_s, which add up because every run used the same max; np.exp on this thread
+    between them. Call it from one Python thread at a time (Numba's workqueue layer forbids concurrent
+    parallel regions); inference._decode_step does, for B = 1 only. Numba's OpenMP threads spin for a while
+    after each region, so other busy threads of the same process lose that core meanwhile (batch-8 steps
+    taking turns with batch-1 steps ran 2x slower, measured): one more reason the default is one thread."""
     B, H, Dh = q.shape
-    bounds = [start + j * (stop - start) // n_parts for j in range(n_parts + 1)]
-    maxes = np.empty((n_parts, B, H), q.dtype)                             # (n_parts, B, H) m_j
-    totals = np.empty((n_parts, B, H), q.dtype)                            # (n_parts, B, H) t_j
-    sums = np.empty((n_parts, B, H * Dh), q.dtype)                         # (n_parts, B, H * Dh) o_j
-
-    def run(j0, j1):
-        for j in range(j0, j1):
-            k0, k1 = bounds[j], bounds[j + 1]
-            p = _probabilities(0, B, q, keys, doc, k0, k1, query_doc, cs, maxes[j])     # (B, M_j, H)
-            _attend_rows(0, B, p, values, k0, k1, cs, totals[j], sums[j], False)
-
-    run_rows(n_parts, n_parts, run)
-    top = maxes.max(axis=0)                                                # (B, H) finite: the query sees itself
-    weights = np.exp(maxes - top)                                          # (n_parts, B, H) 0 for an empty run
-    numerator = (weights[..., None] * sums.reshape(n_parts, B, H, Dh)).sum(axis=0)     # (B, H, Dh)
-    denominator = (weights * totals).sum(axis=0)                                        # (B, H)
-    o[:] = (numerator / denominator[..., None]).reshape(B, H * Dh)
+    maxes = np.empty((n_parts, B, H), q.dtype)                             # (n_parts, B, H) each run's max
+    m = np.empty((B, H), q.dtype)                                          # (B, H) the max over all runs
+    totals = np.empty((n_parts, B, H), q.dtype)                            # (n_parts, B, H)
+    sums = np.empty((n_parts, B, H * Dh), q.dtype)                         # (n_parts, B, H * Dh)
+    logits = np.empty((B, stop - start, H), q.dtype)                       # (B, M, H)
+    _split_logits(q, keys, doc, start, stop, query_doc, cs, logits, maxes, m)
+    np.exp(logits, out=logits)
+    _split_attend(logits, values, start, stop, cs, totals, sums, o)
 
 
 __all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "attention_core_split",
-           "run_rows", "decode_threads"]
+           "split_parts", "run_rows", "decode_threads"]
+

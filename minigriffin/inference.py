@@ -328,7 +328,6 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
     doc = state.doc + reset                                                # (B,) int64 its document id
     B = x.shape[0]
     n_groups = decode._groups(B)
-    split_threads = decode.decode_threads() if n_groups == 1 else 1   # a batch of one splits long attention
     sin = cos = None
     new_blocks = []
     # `work` lists the kernels of the step in order, each taking a group of rows [r0, r1). Every attention
@@ -357,8 +356,8 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
             work.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
             o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
             core = (q, buf.keys, buf.values, buf.doc, start, stop, doc, cs, o)   # kernels take whole buffers
-            n_parts = min(split_threads, (stop - start) // decode.SPLIT_MIN_KEYS)
-            if n_parts > 1:                                                # B = 1 here: the one group is all rows
+            n_parts = decode.split_parts(stop - start) if n_groups == 1 else 1   # a batch of one: split keys
+            if n_parts > 1:
                 work.append(lambda r0, r1, core=core, n=n_parts: decode.attention_core_split(*core, n))
             else:
                 work.append(lambda r0, r1, core=core: decode.attention_core_rows(r0, r1, *core))
