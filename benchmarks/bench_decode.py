@@ -12,11 +12,12 @@ globally, so its window is set to the context and it keeps every key. minigriffi
 each step continuing the state the previous one returned (its KV cache is appended to in place, so feeding
 one state again would copy it); the context therefore grows by one token per step, which for MQA keeps the
 window full at W = context. recurrentgemma's cache is a fixed-size ring buffer, so it is fed the same cache
-each step. Each implementation runs in its own child process (thread pools spin after their work); the time
-is the median of --steps steps after 3 warm-up steps, the (context, batch) cases taking turns step by step
-(so noise lands on all alike). torch gets 2 threads; minigriffin MINIGRIFFIN_DECODE_THREADS=2 unless set
-(the library's default is 1): with batch > 1 each of 2 Python threads takes half the rows through every
-block, meeting once, at the end of the step; with batch 1 the two threads split attention over 8k keys or
+each step. Each implementation and batch size runs in its own child process (thread pools spin after their
+work: minigriffin's batch-1 steps leave OpenMP threads spinning that slowed batch-8 steps taking turns with
+them 2x, which a program decoding one batch size at a time does not see); the time is the median of --steps
+steps after 3 warm-up steps, the contexts taking turns step by step (so noise lands on all alike). torch gets
+2 threads; minigriffin MINIGRIFFIN_DECODE_THREADS=2 unless set (the library's default is 1): with batch > 1 each of 2 Python threads takes half the rows through every
+block, meeting once, at the end of the step; with batch 1 the two threads split attention over 512 keys or
 more between them. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
 """
@@ -128,12 +129,11 @@ def _child_main(args):
     print(json.dumps(rows))
 
 
-def _run_child(args, impl, family):
+def _run_child(args, impl, family, batch):
     env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2",
                MINIGRIFFIN_DECODE_THREADS=os.environ.get("MINIGRIFFIN_DECODE_THREADS", "2"))
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", impl, "--family", family, "--steps",
-           str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches",
-           ",".join(map(str, args.batches))]
+           str(args.steps), "--contexts", ",".join(map(str, args.contexts)), "--batches", str(batch)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{impl} {family} failed:\n{out.stderr[-3000:]}")
@@ -157,7 +157,8 @@ def main(argv=None):
     results = {}
     for family in FAMILIES:
         for impl in ("minigriffin", "recurrentgemma")[: 1 if args.skip_oracle else 2]:
-            results[(impl, family)] = _run_child(args, impl, family)
+            rows = [row for batch in args.batches for row in _run_child(args, impl, family, batch)]
+            results[(impl, family)] = sorted(rows, key=lambda row: (row["context"], row["batch"]))
             print(f"measured {impl} {family}", file=sys.stderr, flush=True)
     print("| model | batch | context | minigriffin ms/token | recurrentgemma ms/token | ratio | cache bytes/sequence |")
     print("|---|---|---|---|---|---|---|")
