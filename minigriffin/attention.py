@@ -42,7 +42,7 @@ class AttentionCache(NamedTuple):
     proj_k: LinearCache
     proj_v: LinearCache
     proj_final: LinearCache   # holds o: (B, T, D)
-    rope: RopeCache           # sin/cos (B, T, 1, Dh/4), shared by q and k (same positions, same Dh)
+    rope: RopeCache           # sin/cos (B, T, 1, Dh/4), shared by q and k (same positions, same Dh); None: NoPE
     q: object                 # (B, T, H, Dh) after RoPE
     k: object                 # (B, T, Dh) after RoPE
     v: object                 # (B, T, Dh)
@@ -117,13 +117,14 @@ def _check_inputs(x, params, segment_pos, num_heads, window, block_size):
     return xp
 
 
-def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=None):
+def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=None, rope=True):
     """Local MQA with RoPE (Griffin §2.3; recurrentgemma LocalAttentionBlock), O(T * W) memory.
 
     x: (B, T, D) float32/float64; params: {"proj_q": {"weight": (D, D)}, "proj_k": {"weight": (Dh, D)},
     "proj_v": {"weight": (Dh, D)}, "proj_final": {"weight": (D, D), "bias": (D,)}}; segment_pos: (B, T) ints;
     num_heads: H; window: W >= 0 (W >= T is global attention); block_size: query rows per block (None:
-    default_block_size(W); the result does not depend on it beyond rounding). Returns out: (B, T, D), cache.
+    default_block_size(W); the result does not depend on it beyond rounding); rope: False leaves q and k
+    unrotated (no positional encoding, "NoPE", the paper's §6.1 baseline). Returns out: (B, T, D), cache.
     """
     xp = _check_inputs(x, params, segment_pos, num_heads, window, block_size)
     B, T, D = x.shape
@@ -133,8 +134,11 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
     q, proj_q_cache = linear_forward(x, params["proj_q"])                  # (B, T, D)
     k, proj_k_cache = linear_forward(x, params["proj_k"])                  # (B, T, Dh)
     v, proj_v_cache = linear_forward(x, params["proj_v"])                  # (B, T, Dh)
-    q, rope_cache = rope_forward(q.reshape(B, T, H, Dh), segment_pos)      # (B, T, H, Dh) "(n h)", head-major
-    k, _ = rope_forward(k.reshape(B, T, 1, Dh), segment_pos)               # (B, T, 1, Dh) same sin/cos as q
+    q, k = q.reshape(B, T, H, Dh), k.reshape(B, T, 1, Dh)                 # (B, T, H, Dh) "(n h)", head-major
+    rope_cache = None
+    if rope:
+        q, rope_cache = rope_forward(q, segment_pos)                       # (B, T, H, Dh)
+        k, _ = rope_forward(k, segment_pos)                                # (B, T, 1, Dh) same sin/cos as q
     k = k.reshape(B, T, Dh)                                                # (B, T, Dh) the single KV head
     doc = _doc_ids(segment_pos)                                            # (B, T)
     min_logit = xp.asarray(MIN_LOGITS_VALUE, dtype=x.dtype)                # () keeps the softmax in x.dtype
@@ -187,8 +191,10 @@ def attention_backward(dout, cache):
         dk[:, k0:q1] += xp.swapaxes(dlogits, 1, 2) @ cache.q[:, q0:q1].reshape(B, Tq * H, Dh)   # (B, Tk, Dh)
     del do                                                                # done with it: lowers the peak memory
     # forward was: k = rope(k.reshape(B, T, 1, Dh)).reshape(B, T, Dh);  q = rope(q.reshape(B, T, H, Dh))
-    dk = rope_backward(dk.reshape(B, T, 1, Dh), cache.rope).reshape(B, T, Dh)   # (B, T, Dh)
-    dq = rope_backward(dq, cache.rope).reshape(B, T, D)                   # (B, T, D)
+    if cache.rope is not None:                                            # None: NoPE, q and k were not rotated
+        dk = rope_backward(dk.reshape(B, T, 1, Dh), cache.rope).reshape(B, T, Dh)   # (B, T, Dh)
+        dq = rope_backward(dq, cache.rope)                                # (B, T, H, Dh)
+    dq = dq.reshape(B, T, D)                                              # (B, T, D)
     # forward was: q, k, v = proj_q(x), proj_k(x), proj_v(x)  ->  dx sums the three paths (in place into
     # linear_backward's fresh dx, so only two (B, T, D) gradients are alive at a time)
     dx, grads_v = linear_backward(dv, cache.proj_v)                       # (B, T, D)

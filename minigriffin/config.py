@@ -41,6 +41,7 @@ class GriffinConfig:
     embeddings_scale_by_sqrt_dim: bool = False   # multiply embeddings by bf16(sqrt(D)) (RecurrentGemma: True)
     logits_soft_cap: float = 0.0                 # c * tanh(logits / c); 0 = off (RecurrentGemma: 30)
     conv1d_temporal_width: int = 4
+    use_rope: bool = True                        # RoPE on queries and keys; False: no positional encoding (NoPE)
     num_gate_blocks: typing.Optional[int] = None  # RG-LRU gate blocks; None = num_heads (recurrentgemma), paper: 16
     scan_backend: str = "auto"                   # see minigriffin.scan.available_backends()
     dtype: str = "float32"                       # "float32" (default) or "float64" (for checks)
@@ -52,7 +53,7 @@ class GriffinConfig:
         if self.lru_width % self.gate_blocks:
             raise ValueError(f"lru_width={self.lru_width} must be divisible by the number of RG-LRU gate blocks "
                              f"({self.gate_blocks}: num_gate_blocks, or num_heads when that is None)")
-        if ATTENTION in self.block_types and self.head_dim % 4:
+        if ATTENTION in self.block_types and self.use_rope and self.head_dim % 4:
             raise ValueError(f"head dim width/num_heads={self.head_dim} must be a multiple of 4 "
                              f"(RoPE rotates pairs within the first half of each head)")
         bad = [t for t in self.block_types if t not in (RECURRENT, ATTENTION)]

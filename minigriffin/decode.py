@@ -255,7 +255,8 @@ def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
 @njit(cache=True, nogil=True)
 def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
     """RMSNorm, q/k/v projections (no biases) and RoPE for rows [r0, r1). sin, cos: (B, R/2) in the model
-    dtype (rope.rope_forward's); writes q_out: (B, H, Dh), k_out, v_out: (B, Dh)."""
+    dtype (rope.rope_forward's; R = 0, shape (B, 0), for a NoPE model: nothing is rotated); writes
+    q_out: (B, H, Dh), k_out, v_out: (B, Dh)."""
     H, Dh = q_out.shape[1], q_out.shape[2]
     half = sin.shape[1]                                                  # R/2: RoPE rotates the first R = Dh/2
     normed = _rmsnorm(x, r0, r1, tscale, cs)

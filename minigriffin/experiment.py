@@ -3,7 +3,8 @@
     minigriffin experiment extrapolation --preset laptop                      # left panel of Figure 5
     minigriffin experiment extrapolation --preset laptop --study train-length # right panel
 
-extrapolation: Hawk, Griffin (window L/2) and the MQA Transformer with RoPE are trained at the same length L
+extrapolation: Hawk, Griffin (window L/2), the MQA Transformer with RoPE and, where the preset has
+`nope`, the same Transformer without positional encoding (mqa-nope) are trained at the same length L
 on the books with the same token budget, then evaluated on the validation books, each book one document,
 up to 8L (each book split into up to `segments` pieces of 8L tokens, each scored as one document, so the
 curve averages 80 long stretches of text rather than 5 book openings). train-length: Hawk and Griffin trained at L and at 4L with the same number of tokens and steps
@@ -29,24 +30,29 @@ from minigriffin.evaluate import length_curve, markdown_table, plot_curves, writ
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
 PRESETS = {
     "laptop": dict(width=128, depth=4, heads=2, lru_width=128, mlp=384, L=128, batch=16, steps=800, lr=3e-3,
-                   segments=16),
-    "tiny": dict(width=16, depth=3, heads=2, lru_width=16, mlp=48, L=16, batch=2, steps=3, lr=3e-3, segments=2),   # tests
+                   segments=16, nope=True),
+    "tiny": dict(width=16, depth=3, heads=2, lru_width=16, mlp=48, L=16, batch=2, steps=3, lr=3e-3, segments=2,
+                 nope=True),   # tests
 }
 
 
 def model_config(family, p, train_len):
-    """Hawk / Griffin (window L/2) / MQA (global: window >= every position it will see)."""
+    """Hawk / Griffin (window L/2) / MQA (global: window >= every position it will see) / mqa-nope (the same
+    MQA Transformer without positional encoding, the paper's NoPE baseline)."""
+    rope = family != "mqa-nope"
+    family = "mqa" if family == "mqa-nope" else family
     window = {"hawk": 1, "griffin": max(1, p["L"] // 2), "mqa": train_len}[family]
     return GriffinConfig(width=p["width"], mlp_expanded_width=p["mlp"], num_heads=p["heads"],
                          lru_width=p["lru_width"], block_types=block_pattern(family, p["depth"]),
-                         attention_window_size=window)
+                         attention_window_size=window, use_rope=rope)
 
 
 def runs_for(study, p):
     """(label, family, train length, batch size) for each model of a study."""
     L, batch = p["L"], p["batch"]
     if study == "extrapolation":
-        return [(f"{f}-L{L}", f, L, batch) for f in ("hawk", "griffin", "mqa")]
+        families = ("hawk", "griffin", "mqa") + (("mqa-nope",) if p.get("nope") else ())
+        return [(f"{f}-L{L}", f, L, batch) for f in families]
     if study == "train-length":
         return [(f"{f}-L{n}", f, n, b) for f in ("hawk", "griffin") for n, b in ((L, batch), (4 * L, max(1, batch // 4)))]
     raise ValueError(f"unknown study {study!r}; choose extrapolation or train-length")
@@ -112,8 +118,8 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
         log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
             f"validation {summary['best_val_loss']:.3f}")
         # A global-attention model must see every earlier token of the document: widen its window.
-        eval_cfg = dataclasses.replace(trainer.model_cfg, attention_window_size=eval_len) if family == "mqa" \
-            else trainer.model_cfg
+        eval_cfg = dataclasses.replace(trainer.model_cfg, attention_window_size=eval_len) \
+            if family.startswith("mqa") else trainer.model_cfg
         curve = length_curve(trainer.params, eval_cfg, corpus.valid, eval_len, name=label, train_len=train_len,
                              segments_per_book=p["segments"])
         write_csv(curve, out_dir / f"{study}-{label}.csv")

@@ -219,7 +219,7 @@ def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
     return out, RecurrentState(h_last, conv_in[:, T:].copy(), conv_doc[:, T:].copy())
 
 
-def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window):
+def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window, rope=True):
     """Local MQA (spec §5) over [cached keys, chunk]. x: (B, T, D) -> out: (B, T, D), AttentionState.
     The same computation as attention.attention_forward, with N carried keys in front and no backward cache."""
     xp = array_namespace(x)
@@ -229,8 +229,10 @@ def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window):
     q, _ = linear_forward(x, p["proj_q"])                                  # (B, T, D)
     k, _ = linear_forward(x, p["proj_k"])                                  # (B, T, Dh)
     v, _ = linear_forward(x, p["proj_v"])                                  # (B, T, Dh)
-    q, _ = rope_forward(q.reshape(B, T, H, Dh), segment_pos)               # (B, T, H, Dh) head-major
-    k, _ = rope_forward(k.reshape(B, T, 1, Dh), segment_pos)               # (B, T, 1, Dh)
+    q, k = q.reshape(B, T, H, Dh), k.reshape(B, T, 1, Dh)                 # (B, T, H, Dh) head-major
+    if rope:                                                               # else NoPE: q and k unrotated
+        q, _ = rope_forward(q, segment_pos)                                # (B, T, H, Dh)
+        k, _ = rope_forward(k, segment_pos)                                # (B, T, 1, Dh)
     keys = xp.concatenate([state.keys, k.reshape(B, T, Dh)], axis=1)       # (B, N+T, Dh)
     values = xp.concatenate([state.values, v], axis=1)                     # (B, N+T, Dh)
     docs = xp.concatenate([state.doc, doc], axis=1)                        # (B, N+T)
@@ -304,7 +306,7 @@ def forward_chunk(params, tokens, segment_pos, cfg, state):
                                                   cfg.scan_backend)        # (B, T, D)
         else:
             mixed, block_state = _attention_chunk(normed, p["attention_block"], segment_pos, doc, block_state,
-                                                  cfg.num_heads, cfg.attention_window_size)   # (B, T, D)
+                                                  cfg.num_heads, cfg.attention_window_size, cfg.use_rope)
         residual = x + mixed                                               # (B, T, D)
         normed2, _ = rmsnorm_forward(residual, p["channel_pre_norm"])      # (B, T, D)
         mlp_out, _ = mlp_forward(normed2, p["mlp_block"])                  # (B, T, D)
@@ -344,7 +346,8 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
             work.append(lambda r0, r1, args=args: decode._recurrent_rows(r0, r1, *args))
         else:
             if sin is None:                                                # (B, Dh/4) each, shared by all blocks
-                sin, cos = decode.rope_sin_cos(positions, cfg.head_dim // 4, x.dtype)
+                half = cfg.head_dim // 4 if cfg.use_rope else 0              # NoPE: rotate nothing
+                sin, cos = decode.rope_sin_cos(positions, half, x.dtype)
             H, Dh = cfg.num_heads, cfg.head_dim
             keys, _, docs, new, _ = _kv_reserve(block_state, 1, cfg.attention_window_size)   # (B, N+1, ...)
             buf = new.buffer                                               # the views end at buf.head

@@ -48,6 +48,8 @@ def torch_griffin(cfg, params):
     """recurrentgemma.torch.Griffin with cfg's shapes and our params loaded (dtype from cfg)."""
     if cfg.num_gate_blocks not in (None, cfg.num_heads):
         raise ValueError("recurrentgemma ties the RG-LRU gate blocks to num_heads")
+    if not cfg.use_rope:
+        raise ValueError("recurrentgemma always applies RoPE: it has no NoPE model to compare with")
     rcfg = rg.GriffinConfig(
         vocab_size=cfg.vocab_size, width=cfg.width, mlp_expanded_width=cfg.mlp_expanded_width,
         num_heads=cfg.num_heads,

@@ -37,15 +37,17 @@ def packed_positions(rng, B, T, n_docs=3):
     return np.stack(rows)
 
 
-def dense_reference(x, params, segment_pos, num_heads, window):
-    """Naive O(T^2) local MQA: full (T, T) logits, mask built with explicit loops. float64 only."""
+def dense_reference(x, params, segment_pos, num_heads, window, rope=True):
+    """Naive O(T^2) local MQA: full (T, T) logits, mask built with explicit loops. float64 only.
+    rope=False: no positional encoding (NoPE)."""
     B, T, D = x.shape
     H, Dh = num_heads, D // num_heads
     q = (x @ params["proj_q"]["weight"].T).reshape(B, T, H, Dh)
     k = (x @ params["proj_k"]["weight"].T).reshape(B, T, 1, Dh)
     v = x @ params["proj_v"]["weight"].T                                   # (B, T, Dh)
-    q, _ = rope_forward(q, segment_pos)        # RoPE itself is checked in test_rope.py and against the oracle
-    k, _ = rope_forward(k, segment_pos)
+    if rope:
+        q, _ = rope_forward(q, segment_pos)    # RoPE itself is checked in test_rope.py and against the oracle
+        k, _ = rope_forward(k, segment_pos)
     out = np.zeros((B, T, H, Dh))
     for b in range(B):
         doc = np.cumsum(segment_pos[b] == 0)
@@ -109,6 +111,24 @@ def test_attention_backward_matches_finite_differences(name):
     # 1e-6 the roundoff alone reached 2e-8). Measured worst relative error over all cases 3e-8, so rtol 1e-6 with
     # atol 1e-9 holds with margin, while a wrong or missing term is O(1e-2) or more.
     assert_grads_close(lambda x, params: attention_forward(x, params, pos, **kw)[0],
+                       {"x": x, "params": params}, {"x": dx, "params": grads}, dout,
+                       rtol=1e-6, atol=1e-9, eps=1e-5, max_elements=30)     # float64, rtol 1e-6, atol 1e-9
+
+
+NOPE_CASES = ["local_packed_T_not_multiple_of_Q", "global_window_ge_T_packed", "continued_document"]
+
+
+@pytest.mark.parametrize("name", NOPE_CASES)
+def test_nope_forward_matches_dense_reference_and_finite_differences(name):
+    """rope=False (the paper's NoPE baseline): q and k are used unrotated, forward and backward."""
+    x, params, pos, kw, rng = _case(name)
+    out, cache = attention_forward(x, params, pos, rope=False, **kw)
+    ref = dense_reference(x, params, pos, kw["num_heads"], kw["window"], rope=False)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)          # float64, rtol 1e-12, atol 1e-12
+    assert not np.allclose(out, attention_forward(x, params, pos, **kw)[0], rtol=1e-3)   # RoPE does matter
+    dout = rng.standard_normal(out.shape)
+    dx, grads = attention_backward(dout, cache)
+    assert_grads_close(lambda x, params: attention_forward(x, params, pos, rope=False, **kw)[0],
                        {"x": x, "params": params}, {"x": dx, "params": grads}, dout,
                        rtol=1e-6, atol=1e-9, eps=1e-5, max_elements=30)     # float64, rtol 1e-6, atol 1e-9
 

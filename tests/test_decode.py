@@ -24,6 +24,7 @@ CASES = {
                               logits_soft_cap=30.0),
     "mqa-W4": dict(preset="mqa-tiny"),
     "mqa-global": dict(preset="mqa-tiny", attention_window_size=200),           # W >= T
+    "mqa-nope": dict(preset="mqa-tiny", attention_window_size=200, use_rope=False),   # no positional encoding
 }
 
 

@@ -53,13 +53,19 @@ def test_experiment_commands_end_to_end(books_dir, tmp_path, study):
                  "--out", str(out)]) == 0
     results = json.loads((out / f"{study}.json").read_text())
     labels = {m["label"] for m in results["models"]}
-    expected = {"hawk-L16", "griffin-L16", "mqa-L16"} if study == "extrapolation" else \
+    expected = {"hawk-L16", "griffin-L16", "mqa-L16", "mqa-nope-L16"} if study == "extrapolation" else \
         {"hawk-L16", "griffin-L16", "hawk-L64", "griffin-L64"}
     assert labels == expected
     assert results["eval_len"] == (8 if study == "extrapolation" else 16) * 16
     assert (out / f"{study}.png").exists() and "| run |" in (out / f"{study}.md").read_text()
     for label in labels:
         assert (out / f"{study}-{label}.csv").exists()
+    if study == "extrapolation":                           # the NoPE baseline really has no RoPE
+        from minigriffin.checkpoint import load_checkpoint
+        from minigriffin.config import config_from_dict
+        meta = load_checkpoint(out / "runs" / "mqa-nope-L16" / "checkpoints" / "last.npz")[3]
+        cfg = config_from_dict(meta["model_config"])
+        assert cfg.use_rope is False and cfg.block_types == ("attention",) * 3
 
 
 def test_documents_are_consecutive_pieces_of_each_book():

@@ -29,6 +29,7 @@ CASES = {   # tiny presets have W = 4 < every chunk of 5 or 7 and > chunks of 1,
                               logits_soft_cap=30.0),
     "mqa-local-W4": dict(preset="mqa-tiny"),
     "mqa-global": dict(preset="mqa-tiny", attention_window_size=64),        # W >= T: global attention
+    "mqa-nope": dict(preset="mqa-tiny", attention_window_size=64, use_rope=False),   # no positional encoding
 }
 CHUNK_SIZES = [1, 2, 3, 5, 7]
 

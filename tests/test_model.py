@@ -124,12 +124,13 @@ def test_bad_state_dict_names_are_reported():
 
 
 # ------------------------------------------------------------------------------------------ the model
-@pytest.mark.parametrize("preset", ["hawk-tiny", "griffin-tiny", "mqa-tiny"])
-def test_model_gradient_matches_finite_differences(preset):
+@pytest.mark.parametrize("preset, extra", [("hawk-tiny", {}), ("griffin-tiny", {}), ("mqa-tiny", {}),
+                                           ("mqa-tiny", {"use_rope": False})], ids=["hawk", "griffin", "mqa", "mqa-nope"])
+def test_model_gradient_matches_finite_differences(preset, extra):
     """End to end through the loss, sampled elements of every parameter (float64, fourth-order stencil,
     step 1e-3: |num - ana| <= 1e-9 + 1e-6 |num|)."""
     cfg = make_config(preset, dtype="float64", scan_backend="reference", logits_soft_cap=5.0,
-                      embeddings_scale_by_sqrt_dim=True)
+                      embeddings_scale_by_sqrt_dim=True, **extra)
     rng = np.random.default_rng(0)
     params = init_params(cfg, rng)
     tokens = rng.integers(0, cfg.vocab_size, SP.shape)
