@@ -317,21 +317,24 @@ def _scaled_logits(r0, r1, q, keys, doc, start, k0, k1, query_doc, cs, logits, m
     two threads at once also ran slower than one after the other."""
     H = q.shape[1]
     neg_inf = -np.inf
-    for b in range(r0, r1):
-        i = b - r0
+    top = np.empty(H, logits.dtype)      # the running max, local: m's rows can share a cache line with
+    for b in range(r0, r1):              # another thread's (attention_core_split), and writing them per key
+        i = b - r0                       # made the two threads fight over it
         qd = query_doc[b]
         for h in range(H):
-            m[i, h] = neg_inf
+            top[h] = neg_inf
         for s in range(k0, k1):
             if doc[b, s] == qd:
                 for h in range(H):
                     val = _dot(keys[b, s], q[b, h], cs[ZERO]) * cs[ATTN_SCALE]
                     logits[i, s - start, h] = val
-                    if val > m[i, h]:
-                        m[i, h] = val
+                    if val > top[h]:
+                        top[h] = val
             else:
                 for h in range(H):
                     logits[i, s - start, h] = neg_inf
+        for h in range(H):
+            m[i, h] = top[h]
 
 
 @njit(cache=True, nogil=True)
@@ -358,13 +361,16 @@ def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # 
     row of them used by all H heads while it is in L1."""
     H = p.shape[2]
     Dh = values.shape[2]
-    for b in range(r0, r1):
+    sums = np.empty(H, p.dtype)          # local, as _scaled_logits' max: total's rows may share a cache line
+    for b in range(r0, r1):              # with another thread's
         i = b - r0
         for h in range(H):
-            total[i, h] = cs[ZERO]
+            sums[h] = cs[ZERO]
         for s in range(k0, k1):
             for h in range(H):
-                total[i, h] += p[i, s - start, h]
+                sums[h] += p[i, s - start, h]
+        for h in range(H):
+            total[i, h] = sums[h]
         for k in range(H * Dh):
             o[b, k] = cs[ZERO]
         # o[h] = sum_s p[s, h] v[s], in the order s = k0, k0 + 1, ...; four keys per pass over o[h] (as
