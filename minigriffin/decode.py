@@ -357,8 +357,7 @@ def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # 
     stop - start, H) the unnormalised exp(logit - max), 0 where masked, indexed by s - start; values:
     (B, C, Dh) the cache buffer (as _scaled_logits). Writes total[b - r0, h] = sum_s p[s, h] and o[b]
     (o: (B, H * Dh)) = sum_s p[s, h] v[s], divided by total[h] at the end if `normalise` (the softmax;
-    the reference divides each weight first, so the two agree to rounding). One pass over the values, each
-    row of them used by all H heads while it is in L1."""
+    the reference divides each weight first, so the two agree to rounding). One pass over the values."""
     H = p.shape[2]
     Dh = values.shape[2]
     sums = np.empty(H, p.dtype)          # local, as _scaled_logits' max: total's rows may share a cache line
@@ -371,35 +370,10 @@ def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # 
                 sums[h] += p[i, s - start, h]
         for h in range(H):
             total[i, h] = sums[h]
-        for k in range(H * Dh):
-            o[b, k] = cs[ZERO]
-        # o[h] = sum_s p[s, h] v[s], in the order s = k0, k0 + 1, ...; four keys per pass over o[h] (as
-        # _matvec). A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
-        k4 = k1 - (k1 - k0) % 4
-        for s in range(k0, k4, 4):
-            v0 = values[b, s]
-            v1 = values[b, s + 1]
-            v2 = values[b, s + 2]
-            v3 = values[b, s + 3]
-            for h in range(H):
-                p0 = p[i, s - start, h]
-                p1 = p[i, s + 1 - start, h]
-                p2 = p[i, s + 2 - start, h]
-                p3 = p[i, s + 3 - start, h]
-                oh = o[b, h * Dh:(h + 1) * Dh]
-                for j in range(Dh):
-                    acc = oh[j]
-                    acc = acc + p0 * v0[j]
-                    acc = acc + p1 * v1[j]
-                    acc = acc + p2 * v2[j]
-                    acc = acc + p3 * v3[j]
-                    oh[j] = acc
-        for s in range(k4, k1):
-            v_s = values[b, s]
-            for h in range(H):
-                ps = p[i, s - start, h]
-                for j in range(Dh):
-                    o[b, h * Dh + j] += ps * v_s[j]
+        # o[h] = sum_s p[s, h] v[s] is a matrix-vector product with the keys as its inputs and the heads as
+        # its rows: _matvec's order (s = k0, k0 + 1, ..., four keys per pass over o[h]), each value row used
+        # by all H heads while it is in L1. A masked key adds 0 * v = 0, exactly as in the reference's p @ V.
+        _matvec(p[i, k0 - start:k1 - start].T, values[b, k0:k1], o[b].reshape((H, Dh)), 0)
         if normalise:
             for h in range(H):
                 for j in range(Dh):
