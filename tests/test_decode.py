@@ -42,28 +42,29 @@ def _segment_pos(T):
                      _packed_positions(T, {5, 6, 19, 40, 41, 42, 77}, first=3)])   # packed, doc starts in a row
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_token_by_token_equals_full_forward_float64(name):
-    """100 tokens one at a time: packed documents (a start mid-sequence, three in a row), W < T, the KV
-    buffer refilled many times (tiny W = 4: a new buffer every 16 tokens)."""
-    cfg, params, _ = tiny_model(CASES[name], "float64", 3)
-    T = 100
+def _stepped_and_full(name, dtype, T):
+    """Logits of T tokens fed one at a time (packed documents, _segment_pos) and of one full forward pass."""
+    cfg, params, _ = tiny_model(CASES[name], dtype, 3)
     segment_pos = _segment_pos(T)
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
     full, _ = model_forward(params, tokens, segment_pos, cfg)
     stepped, state = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
+    return stepped, full, state
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_token_by_token_equals_full_forward_float64(name):
+    """100 tokens one at a time: packed documents (a start mid-sequence, three in a row), W < T, the KV
+    buffer refilled many times (tiny W = 4: a new buffer every 16 tokens)."""
+    T = 100
+    stepped, full, state = _stepped_and_full(name, "float64", T)
     assert state.plan is not None and state.num_tokens == T                     # the fast path ran
     assert_close_to_scale(stepped, full, 1e-12)                                          # float64, rtol 1e-12
 
 
 @pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
 def test_token_by_token_equals_full_forward_float32(name):
-    cfg, params, _ = tiny_model(CASES[name], "float32", 3)
-    T = 60
-    segment_pos = _segment_pos(T)
-    tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
-    full, _ = model_forward(params, tokens, segment_pos, cfg)
-    stepped, _ = run_chunks(params, tokens, segment_pos, cfg, [1] * T)
+    stepped, full, _ = _stepped_and_full(name, "float32", 60)
     assert stepped.dtype == np.float32
     assert_close_to_scale(stepped, full, 1e-5)                                           # float32, rtol 1e-5
 
