@@ -43,8 +43,8 @@ class AttentionCache(NamedTuple):
     proj_v: LinearCache
     proj_final: LinearCache   # holds o: (B, T, D)
     rope: RopeCache           # sin/cos (B, T, 1, Dh/4), shared by q and k (same positions, same Dh); None: NoPE
-    q: object                 # (B, T, H, Dh) after RoPE
-    k: object                 # (B, T, Dh) after RoPE
+    q: object                 # (B, T, H, Dh) after RoPE (if any)
+    k: object                 # (B, T, Dh) after RoPE (if any)
     v: object                 # (B, T, Dh)
     probs: tuple              # per query block: (B, Tq, H, Tk) softmax probabilities, 0 where masked
     window: int

@@ -24,8 +24,8 @@ segment_pos), this stays exact when documents are packed and when a document sta
 
 Single-token steps (T = 1, NumPy arrays), as sampling feeds them, take a fused path: minigriffin.decode runs
 each recurrent residual block as one Numba kernel (norms, projections, Conv1D taps, RG-LRU, MLP), each
-attention block as two kernels around a BLAS K q^T and a one-pass softmax-times-values kernel, and the head
-as one more; the same computation as the chunk path below, which stays the reference for T > 1 and for CuPy
+attention block as a few (projections and RoPE; one pass over the keys for the logits, NumPy's exp, one pass
+over the values; proj_final and MLP), and the head as one more; the same computation as the chunk path below, which stays the reference for T > 1 and for CuPy
 arrays (tests/test_decode.py: token by token equals model_forward to rtol 1e-12 in float64). The first such
 step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the model)
 and the ModelState passes it on, so params must not be modified in place while a state is being continued.
