@@ -41,7 +41,9 @@ from typing import NamedTuple
 
 import numpy as np
 import numba
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from minigriffin.attention import MIN_LOGITS_VALUE
 from minigriffin.config import RECURRENT
@@ -52,12 +54,23 @@ from minigriffin.rope import MAX_WAVELENGTH
 
 # Indices into the constants vector `cs` (one per dtype): scalars typed as the model dtype, so that float32
 # arithmetic stays float32 inside the kernels (a Python float literal would be float64 in Numba).
-ONE, HALF, GELU_A, GELU_C, EPS, WIDTH, NEG_C, TWO, ZERO, CAP, ATTN_SCALE, MIN_LOGIT = range(12)
+(ONE, HALF, GELU_A, GELU_C, EPS, WIDTH, NEG_C, TWO, ZERO, CAP, ATTN_SCALE, MIN_LOGIT,
+ EXP_P0, EXP_P1, EXP_P2, EXP_Q0, EXP_Q1, EXP_Q2, EXP_Q3, LN2_HI, LN2_LO, LOG2E, EXP_LIMIT) = range(23)
+
+# _exp's rational approximation of exp on [-ln2/2, ln2/2] (Cephes' exp, Moshier 1984):
+# exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)), and ln 2 split in two so that k * LN2_HI is exact.
+_EXP_P = (1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1)
+_EXP_Q = (3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1, 2.0)
+_LN2_HI, _LN2_LO = 6.93145751953125e-1, 1.42860682030941723212e-6
+# |x| beyond which exp(x) is inf or 0 in the dtype, whatever the polynomial says (kept small enough that
+# 2^(k/2) stays a normal number: 2^80 in float32, 2^539 in float64).
+_EXP_LIMIT = {np.dtype(np.float32): 110.0, np.dtype(np.float64): 746.0}
 
 
 def _constants(cfg):
     values = [1.0, 0.5, 0.044715 * _GELU_C, _GELU_C, RMSNORM_EPS, float(cfg.width), -RGLRU_C, 2.0, 0.0,
-              float(cfg.logits_soft_cap), cfg.head_dim ** -0.5, MIN_LOGITS_VALUE]
+              float(cfg.logits_soft_cap), cfg.head_dim ** -0.5, MIN_LOGITS_VALUE,
+              *_EXP_P, *_EXP_Q, _LN2_HI, _LN2_LO, 1.0 / np.log(2.0), _EXP_LIMIT[np.dtype(cfg.dtype)]]
     return np.array(values, dtype=cfg.dtype)
 
 
@@ -65,7 +78,7 @@ def _constants(cfg):
 # Each helper works on rows [r0, r1) of C-contiguous 2-D arrays and writes into a fresh scratch array whose
 # row 0 is row r0 (so a thread's group of rows never touches another group's memory).
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rmsnorm(x, r0, r1, scale, cs):  # pragma: no cover - compiled by Numba
     """x[r0:r1] * rsqrt(mean(x^2) + eps) * (1 + scale) -> (r1 - r0, D), as layers.rmsnorm_forward."""
     D = x.shape[1]
@@ -80,7 +93,7 @@ def _rmsnorm(x, r0, r1, scale, cs):  # pragma: no cover - compiled by Numba
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _matvec(x, w_t, out, out_col):  # pragma: no cover - compiled by Numba
     """out[:, out_col:out_col + n_out] = x @ w_t for x: (nb, n_in), w_t: (n_in, n_out) (the weight transposed).
 
@@ -119,7 +132,7 @@ def _matvec(x, w_t, out, out_col):  # pragma: no cover - compiled by Numba
                 out[b, out_col + j] += xi * w_t[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _linear(x, w_t, bias):  # pragma: no cover - compiled by Numba
     """x @ w_t + bias: (nb, n_in) -> (nb, n_out); the sum first, then the bias, as layers.linear_forward."""
     out = np.empty((x.shape[0], w_t.shape[1]), x.dtype)
@@ -130,7 +143,7 @@ def _linear(x, w_t, bias):  # pragma: no cover - compiled by Numba
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _block_diagonal(x, w, bias):  # pragma: no cover - compiled by Numba
     """rglru.block_diagonal_forward for one token: w: (H, E/H, E/H), bias: (H, E/H); x: (nb, E) -> (nb, E)."""
     nb = x.shape[0]
@@ -148,15 +161,61 @@ def _block_diagonal(x, w, bias):  # pragma: no cover - compiled by Numba
     return out
 
 
-@njit(cache=True)
+@intrinsic
+def _pow2(typingctx, k):
+    """2.0 ** k for a float k holding an integer whose 2^k is a normal number, made from its bits: the
+    exponent field k + bias (127 for float32, 1023 for float64) and a zero mantissa. An LLVM integer add,
+    shift and bitcast, which vectorise (ldexp is a libm call, which does not)."""
+    if not isinstance(k, types.Float):
+        return None
+    mantissa_bits, bias = (23, 127) if k.bitwidth == 32 else (52, 1023)
+
+    def codegen(context, builder, signature, args):
+        int_type = ir.IntType(k.bitwidth)
+        exponent = builder.add(builder.fptosi(args[0], int_type), ir.Constant(int_type, bias))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(int_type, mantissa_bits)),
+                               context.get_value_type(k))
+    return k(k), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def _exp(x, cs):  # pragma: no cover - compiled by Numba
+    """exp(x) in x's dtype, within 2 ulp of the correctly rounded result (tests/test_decode.py checks every
+    dtype's range, subnormals, inf, -inf and NaN against np.exp).
+
+    Numba's np.exp is a call into libm for each element (3-6 ns), and a loop with a call in it is not
+    vectorised; this is plain arithmetic that LLVM vectorises (about 1 ns an element in float32). Range
+    reduction: x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2; exp(r) from a rational function
+    (Cephes); then exp(x) = exp(r) 2^(k/2) 2^(k - k/2), two factors so that each stays a normal number when
+    exp(x) is subnormal or overflows. x is clamped to +-EXP_LIMIT first (NaN to the limit too) so that k
+    fits its exponent field; r comes from the clamped x, so exp(inf) = inf, exp(-inf) = 0, and a NaN is
+    passed through at the end."""
+    limit = cs[EXP_LIMIT]
+    xc = x
+    if not xc < limit:                                   # also NaN, which is restored below
+        xc = limit
+    if xc < -limit:
+        xc = -limit
+    k = np.floor(xc * cs[LOG2E] + cs[HALF])              # round(x / ln 2)
+    r = (xc - k * cs[LN2_HI]) - k * cs[LN2_LO]           # |r| <= ln2 / 2, k * LN2_HI exact
+    rr = r * r
+    rp = r * ((cs[EXP_P0] * rr + cs[EXP_P1]) * rr + cs[EXP_P2])
+    q = ((cs[EXP_Q0] * rr + cs[EXP_Q1]) * rr + cs[EXP_Q2]) * rr + cs[EXP_Q3]
+    exp_r = cs[ONE] + cs[TWO] * (rp / (q - rp))
+    k_half = np.floor(k * cs[HALF])
+    y = (exp_r * _pow2(k_half)) * _pow2(k - k_half)
+    return y if x == x else x
+
+
+@njit(cache=True, error_model="numpy")
 def _one_plus_tanh(u, cs):  # pragma: no cover - compiled by Numba
-    """1 + tanh(u), written 2 / (1 + exp(-2u)). Numba's tanh is a scalar libm call (26 ns), its exp 3 ns, and
-    GeLU and the gates only ever use 1 + tanh: this form has the reference's accuracy (both err by about an
-    ulp of 1), not bit for bit its rounding."""
-    return cs[TWO] / (cs[ONE] + np.exp(-(cs[TWO] * u)))
+    """1 + tanh(u), written 2 / (1 + exp(-2u)), with the vectorising _exp. Numba's tanh is a scalar libm call
+    (26 ns), and GeLU and the gates only ever use 1 + tanh: this form has the reference's accuracy (both err
+    by about an ulp of 1), not bit for bit its rounding."""
+    return cs[TWO] / (cs[ONE] + _exp(-(cs[TWO] * u), cs))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gelu(x, cs):  # pragma: no cover - compiled by Numba
     """layers.gelu_tanh_forward elementwise: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), same operations but 1 + tanh."""
     u = x * x
@@ -166,13 +225,13 @@ def _gelu(x, cs):  # pragma: no cover - compiled by Numba
     return (_one_plus_tanh(u, cs) * x) * cs[HALF]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sigmoid(x, cs):  # pragma: no cover - compiled by Numba
     """rglru.sigmoid: 0.5 (1 + tanh(x / 2))."""
     return cs[HALF] * _one_plus_tanh(cs[HALF] * x, cs)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mlp_residual(residual, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0):  # pragma: no cover
     """x_out[r0 + b] = residual[b] + mlp(rmsnorm(residual[b])) (blocks.residual_block_forward's second half)."""
     nb, D = residual.shape
@@ -192,7 +251,7 @@ def _mlp_residual(residual, cscale, w_up, b_up, w_down_t, b_down, cs, x_out, r0)
 
 
 # ------------------------------------------------------------------------------------------ recurrent block
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
                     tscale, wy_t, by, wx_t, bx, conv_w, conv_b, ig_w, ig_b, ag_w, ag_b, softplus_a, wo_t, bo,
                     cscale, w_up, b_up, w_down_t, b_down, cs,
@@ -230,8 +289,8 @@ def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
                 multiplier = cs[ONE]
                 a = cs[ZERO]
             else:
-                multiplier = np.sqrt(cs[ONE] - np.exp(cs[TWO] * log_a))  # sqrt(1 - a^2), a^2 = exp(2 log a)
-                a = np.exp(log_a)
+                multiplier = np.sqrt(cs[ONE] - _exp(cs[TWO] * log_a, cs))  # sqrt(1 - a^2), a^2 = exp(2 log a)
+                a = _exp(log_a, cs)
             h_new = a * h[r, e] + (conv[b, e] * gx) * multiplier
             h_out[r, e] = h_new
             u[b, e] = h_new * _gelu(y[b, e], cs)
@@ -252,7 +311,7 @@ def _recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
 
 
 # ------------------------------------------------------------------------------------------ attention block
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out, k_out, v_out):  # pragma: no cover
     """RMSNorm, q/k/v projections (no biases) and RoPE for rows [r0, r1). sin, cos: (B, R/2) in the model
     dtype (rope.rope_forward's; R = 0, shape (B, 0), for a NoPE model: nothing is rotated); writes
@@ -288,7 +347,7 @@ def _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q_out,
             v_out[r, j] = v[b, j]
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _dot(x, y, zero):  # pragma: no cover - compiled by Numba
     """sum_j x[j] * y[j] for contiguous 1-D x, y, accumulated in their dtype from `zero`.
 
@@ -302,7 +361,7 @@ def _dot(x, y, zero):  # pragma: no cover - compiled by Numba
     return acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _scaled_logits(r0, r1, q, keys, doc, start, k0, k1, query_doc, cs, logits, m):  # pragma: no cover
     """Scaled, masked logits for rows [r0, r1) over the cache entries k0 <= s < k1 (start <= k0).
 
@@ -337,7 +396,7 @@ def _scaled_logits(r0, r1, q, keys, doc, start, k0, k1, query_doc, cs, logits, m
             m[i, h] = top[h]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _subtract_max(logits, m, s0, s1, cs):  # pragma: no cover - compiled by Numba
     """logits[i, s, h] -= m[i, h] for s0 <= s < s1; a row and head with no visible key (m = -inf) is left
     as it is (all -inf, and exp(-inf) = 0), where subtracting would give NaN."""
@@ -351,7 +410,7 @@ def _subtract_max(logits, m, s0, s1, cs):  # pragma: no cover - compiled by Numb
                 logits[i, s, h] = logits[i, s, h] - shift[h]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # pragma: no cover
     """Softmax sums and weighted values for rows [r0, r1) over the cache entries k0 <= s < k1. p: (rows,
     stop - start, H) the unnormalised exp(logit - max), 0 where masked, indexed by s - start; values:
@@ -384,7 +443,7 @@ def _attend_rows(r0, r1, p, values, start, k0, k1, cs, total, o, normalise):  # 
 # One global max is taken between the two regions, so every run's exp(l - max) is already the softmax
 # numerator and the runs' sums simply add (no flash-decoding rescale).
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _split_logits(q, keys, doc, start, stop, query_doc, cs, logits, maxes, m):  # pragma: no cover
     """Region 1: each run's scaled logits and max (maxes: (n_parts, B, H)), then m: (B, H) the max over all
     runs, subtracted from every logit. logits: (B, stop - start, H)."""
@@ -404,7 +463,7 @@ def _split_logits(q, keys, doc, start, stop, query_doc, cs, logits, maxes, m):  
         _subtract_max(logits, m, j * M // n_parts, (j + 1) * M // n_parts, cs)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _split_attend(p, values, start, stop, cs, totals, sums, o):  # pragma: no cover
     """Region 2: each run's sums (totals: (n_parts, B, H), sums: (n_parts, B, H * Dh)), then
     o = sum_j sums_j / sum_j totals_j."""
@@ -426,7 +485,7 @@ def _split_attend(p, values, start, stop, cs, totals, sums, o):  # pragma: no co
                 o[b, k] = numerator / denominator
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out):  # pragma: no cover
     """proj_final, residual, RMSNorm, gated MLP, residual for rows [r0, r1). o: (B, D) attention output."""
     nb = r1 - r0
@@ -443,7 +502,7 @@ def _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_
 
 
 # ----------------------------------------------------------------------------------------------------- head
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _head_rows(r0, r1, x, final_scale, table_t, cs, logits):  # pragma: no cover - compiled by Numba
     """Final RMSNorm, tied head x @ table^T, soft-cap c tanh(logits / c) (c = 0: none). logits: (B, V)."""
     normed = _rmsnorm(x, r0, r1, final_scale, cs)

@@ -237,3 +237,37 @@ def test_nan_in_a_key_reaches_the_output():
     doc, query_doc, o = np.zeros((B, M), np.int64), np.zeros(B, np.int64), np.empty((B, H * Dh))
     decode.attention_core_rows(0, B, q, keys, values, doc, 0, M, query_doc, cs, o)
     assert np.isfinite(o[0]).all() and np.isnan(o[1]).all()
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _exp_array(x, cs):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = decode._exp(x[i], cs)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_vectorising_exp_is_within_two_ulp_of_numpy(dtype):
+    """decode._exp against the correctly rounded exp (float32: float64 np.exp rounded; float64: np.exp, itself
+    within an ulp) over the dtype's whole range: at most 2 ulp where the result is a normal number, at most one
+    smallest subnormal in the subnormal range, and exactly inf, 0 and NaN where those are the answer."""
+    cfg, _, _ = tiny_model(CASES["hawk"], dtype, 1)
+    cs = decode._constants(cfg)
+    dt = np.dtype(dtype)
+    edge = {np.float32: 89.0, np.float64: 710.0}[dt.type]
+    x = np.concatenate([np.linspace(-edge - 40, edge + 5, 400_001), 5 * np.random.default_rng(0).standard_normal(100_000),
+                        [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-30, -1e-30]]).astype(dt)
+    got = _exp_array(x, cs)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64)).astype(dt)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    np.testing.assert_array_equal(got[want == 0], 0)
+    normal = np.isfinite(want) & (want >= np.finfo(dt).tiny)
+    ulps = np.abs(got[normal].astype(np.float64) - want[normal]) / np.spacing(want[normal]).astype(np.float64)
+    assert ulps.max() <= 2.0, f"{dtype}: {ulps.max()} ulp at x = {x[normal][np.argmax(ulps)]}"
+    subnormal = (want > 0) & (want < np.finfo(dt).tiny)
+    assert subnormal.sum() > 100
+    steps = np.abs(got[subnormal].astype(np.float64) - want[subnormal]) / np.finfo(dt).smallest_subnormal
+    assert steps.max() <= 1.0
