@@ -3,7 +3,7 @@ bytes per sequence, for Hawk, Griffin and the MQA baseline of the small presets,
 recurrentgemma's PyTorch model on the same config.
 
     python benchmarks/bench_decode.py                  # contexts 256, 1k, 4k, 16k; batch 1 and 8
-    python benchmarks/bench_decode.py --contexts 256,1024 --steps 5
+    python benchmarks/bench_decode.py --contexts 256,1024 --steps 5 --rounds 1
 
 The cost of a decode step depends on the size of the cache, not on what is in it, so each measurement starts
 from a cache of the given context length filled with random keys, values and states (no 16k-token prefill).
@@ -20,6 +20,14 @@ steps after 3 warm-up steps, the contexts taking turns step by step (so noise la
 block, meeting once, at the end of the step; with batch 1 the two threads split attention over 512 keys or
 more between them. Targets: Hawk and Griffin at 16k within 10% of their time at 256; minigriffin at most
 one third of recurrentgemma's ms per token. Writes a PNG (--plot) and prints a Markdown table.
+
+Rounds. The machine is shared: another tenant's burst can slow every step of whichever child process runs
+during it (one run measured minigriffin's Griffin batch-8 steps at 4.9-5.3 ms against 3.7-3.8 in the run
+before, with nothing changed). So the children run in --rounds rounds (default 3), each round measuring
+every (model, batch) once, minigriffin and recurrentgemma back to back; a row's time is the median over
+rounds of its per-round medians, and the table also gives the lowest and highest of the per-round ratios
+(minigriffin's time over recurrentgemma's in the same round), so one disturbed round shows up as a spread
+instead of deciding the result.
 """
 
 import argparse
@@ -140,12 +148,19 @@ def _run_child(args, impl, family, batch):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median_rows(rounds):
+    """Per-round lists of rows (same order every round) -> one list, each row's ms the median over rounds."""
+    return [dict(rows[0], ms=statistics.median(row["ms"] for row in rows), per_round=[row["ms"] for row in rows])
+            for rows in zip(*rounds)]
+
+
 def main(argv=None):
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=ints, default=[256, 1024, 4096, 16384])
     parser.add_argument("--batches", type=ints, default=[1, 8])
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every child (default 3)")
     parser.add_argument("--skip-oracle", action="store_true")
     parser.add_argument("--plot", help="write the figure here (the one of record: docs/results/decode.png); "
                         "default: no figure, so a quick run never overwrites the committed one")
@@ -154,21 +169,29 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.measure:
         return _child_main(args)
-    results = {}
-    for family in FAMILIES:
-        for impl in ("minigriffin", "recurrentgemma")[: 1 if args.skip_oracle else 2]:
-            rows = [row for batch in args.batches for row in _run_child(args, impl, family, batch)]
-            results[(impl, family)] = sorted(rows, key=lambda row: (row["context"], row["batch"]))
-            print(f"measured {impl} {family}", file=sys.stderr, flush=True)
-    print("| model | batch | context | minigriffin ms/token | recurrentgemma ms/token | ratio | cache bytes/sequence |")
-    print("|---|---|---|---|---|---|---|")
+    impls = ("minigriffin", "recurrentgemma")[: 1 if args.skip_oracle else 2]
+    per_round = {(impl, family): [[] for _ in range(args.rounds)] for impl in impls for family in FAMILIES}
+    for r in range(args.rounds):
+        for family in FAMILIES:
+            for batch in args.batches:
+                for impl in impls:                   # the two implementations back to back, for each batch
+                    per_round[(impl, family)][r].extend(_run_child(args, impl, family, batch))
+            print(f"round {r + 1}/{args.rounds}: measured {family}", file=sys.stderr, flush=True)
+    key = lambda row: (row["context"], row["batch"])  # noqa: E731
+    results = {name: _median_rows([sorted(rows, key=key) for rows in rounds]) for name, rounds in per_round.items()}
+    print(f"Median over {args.rounds} round(s) of each round's median of {args.steps} steps; 'ratio range' is the "
+          "lowest and highest per-round ratio.\n")
+    print("| model | batch | context | minigriffin ms/token | recurrentgemma ms/token | ratio | ratio range "
+          "| cache bytes/sequence |")
+    print("|---|---|---|---|---|---|---|---|")
     for family in FAMILIES:
         ours = results[("minigriffin", family)]
         theirs = results.get(("recurrentgemma", family))
         for i, row in enumerate(ours):
             t = theirs[i]["ms"] if theirs else float("nan")
+            ratios = [a / b for a, b in zip(row["per_round"], theirs[i]["per_round"])] if theirs else [float("nan")]
             print(f"| {family} | {row['batch']} | {row['context']} | {row['ms']:.2f} | {t:.2f} | "
-                  f"{row['ms'] / t:.2f} | {row['cache_bytes']:,} |")
+                  f"{row['ms'] / t:.2f} | {min(ratios):.2f}-{max(ratios):.2f} | {row['cache_bytes']:,} |")
     print()
     for family in ("hawk", "griffin"):
         for batch in args.batches:
