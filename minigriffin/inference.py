@@ -356,16 +356,17 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
             docs[:, -1] = doc                                              # the last entry is this token's slot
             q = np.empty((B, H, Dh), x.dtype)
             args = (x, sin, cos) + plan_block[0] + (cs, q, buf.keys[:, stop - 1], buf.values[:, stop - 1])
-            work.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
             o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
             core = (q, buf.keys, buf.values, buf.doc, start, stop, doc, cs, o)   # kernels take whole buffers
             n_parts = decode.split_parts(stop - start) if n_groups == 1 else 1   # a batch of one: split keys
-            if n_parts > 1:
-                work.append(lambda r0, r1, core=core, n=n_parts: decode.attention_core_split(*core, n))
-            else:
-                work.append(lambda r0, r1, core=core: decode.attention_core_rows(r0, r1, *core))
             out = (x, o) + plan_block[1] + (cs, x_out)
-            work.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
+            if n_parts > 1:
+                work.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
+                work.append(lambda r0, r1, core=core, n=n_parts: decode.attention_core_split(*core, n))
+                work.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
+            else:
+                whole = args + (buf.keys, buf.values, buf.doc, start, stop, doc, o) + plan_block[1] + (x_out,)
+                work.append(lambda r0, r1, whole=whole: decode._attention_block_rows(r0, r1, *whole))
         new_blocks.append(new)
         x = x_out
     logits = np.empty((B, plan.table_t.shape[1]), x.dtype)                 # (B, V)
