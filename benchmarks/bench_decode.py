@@ -58,13 +58,17 @@ def _interleaved_medians(steppers, steps):
     The steppers take turns, one step each, so every (context, batch) is sampled across the same stretch of
     time: a busy moment on the shared machine then lands on all of them alike instead of on whichever
     context happened to be measured during it (timing them one after another made Hawk's context-independent
-    step look 13-53% slower at 16k than at 256 in some runs)."""
+    step look 13-53% slower at 16k than at 256 in some runs). The order of the turn reverses every step, so
+    that no context is always the one measured first (Hawk at batch 1 measured up to 10% slower at 256 than
+    at 16k, its step being the same work, with 256 always first; the first of a turn was the slowest in
+    other orders too)."""
     for i in range(3):
         for step in steppers:
             step(i)
     times = [[] for _ in steppers]
     for i in range(3, steps + 3):
-        for step, record in zip(steppers, times):
+        turn = list(zip(steppers, times))
+        for step, record in (turn if i % 2 else turn[::-1]):
             start = time.perf_counter()
             step(i)
             record.append(time.perf_counter() - start)
