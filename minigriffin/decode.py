@@ -16,7 +16,7 @@ computation is the same, operation for operation, as that reference (and so as `
 
 Why it is faster (docs/benchmarks.md, "Decode-step cost"): the plain path spends a decode step in hundreds of
 NumPy calls on (B, 1, 256) arrays, a few microseconds of dispatch each, and in OpenBLAS calls on a single row.
-Here a block is one or two compiled calls. Matrix-vector products are written as y += x_i * W^T[i, :] over
+Here a block is one compiled call. Matrix-vector products are written as y += x_i * W^T[i, :] over
 the rows of the transposed weight, a loop LLVM vectorises without `fastmath` (the dot-product form would need
 reassociation); with B > 1 the rows of the batch share each pass over a weight row. The transposed copies are
 made once per state lineage (`DecodePlan`, carried by the ModelState), so params must not be modified in
@@ -31,9 +31,11 @@ instead splits attention over at least 2 x SPLIT_MIN_KEYS keys between Numba thr
 No `fastmath`, except "reassoc" and "contract" in one function, `_dot` (the logits' dot products, which LLVM
 vectorises only when it may reorder the sum; NaN and inf semantics are kept). Every other multiply and add
 is the reference's, in the model dtype (constants are cast to it, as NumPy does with Python scalars). Sums
-run in another order than OpenBLAS's, so float64 results agree with the plain path to ~1e-15 relative, not
-bit for bit; tests/test_decode.py checks token-by-token decoding against model_forward at rtol 1e-12
-(float64) and 1e-5 (float32).
+run in another order than OpenBLAS's, and exp is `_exp` (within 2 ulp), so float64 results agree with the
+plain path to ~1e-15 relative, not bit for bit; tests/test_decode.py checks token-by-token decoding against
+model_forward at rtol 1e-12 (float64) and 1e-5 (float32). Kernels use `error_model="numpy"` (a division by
+zero gives inf or NaN, as in NumPy): Numba's default tests every divisor, and that branch, like a libm exp
+call, keeps LLVM from vectorising a loop (docs/conventions.md).
 """
 
 import os
