@@ -649,8 +649,15 @@ def _exp_in_place(a, cs):  # pragma: no cover - compiled by Numba
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _attention_core(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o):  # pragma: no cover
-    """attention_core_rows, compiled: the logits pass, minus the max, exp, the values pass."""
+def attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o):  # pragma: no cover
+    """Softmax attention of q: (B, H, Dh) over the cache entries [start, stop) of keys, values: (B, C, Dh) and
+    their document ids doc: (B, C) (the C-contiguous cache buffers, each read once), for batch rows [r0, r1),
+    writing o[r0:r1] of o: (B, H * Dh): the logits pass, minus the max, exp, the values pass. Rows run
+    independently, so row groups can run in threads (run_rows); compiled, releasing the GIL; a decode step
+    calls it inside _attention_block_rows. The exponentials are _exp's, vectorised: a libm exp per element
+    in a Numba loop cost ~20 ns each, a third of a long-context step, which is why they were NumPy's np.exp
+    in place between the kernels until _exp existed (as fast as np.exp here: 106 against 107 us for
+    8 x 1k x 4)."""
     H = q.shape[1]
     m = np.empty((r1 - r0, H), q.dtype)                                    # (rows, H) max over visible keys
     total = np.empty((r1 - r0, H), q.dtype)                                # (rows, H) softmax denominators
@@ -661,27 +668,16 @@ def _attention_core(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
     _attend_rows(r0, r1, logits, values, start, start, stop, cs, total, o, True)
 
 
-def attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o):
-    """Softmax attention of q: (B, H, Dh) over the cache entries [start, stop) of keys, values: (B, C, Dh) and
-    their document ids doc: (B, C) (the C-contiguous cache buffers, each read once), for batch rows [r0, r1),
-    writing o[r0:r1] of o: (B, H * Dh). Rows run independently, so row groups can run in threads (run_rows).
-    One compiled call (_attention_core), which releases the GIL; a decode step calls it inside
-    _attention_block_rows. The exponentials are _exp's, vectorised: a libm exp per element in a Numba loop
-    cost ~20 ns each, a third of a long-context step, which is why they were NumPy's np.exp in place between
-    the kernels until _exp existed (it is as fast as np.exp here: 106 against 107 us for 8 x 1k x 4)."""
-    _attention_core(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def _attention_block_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, k_out, v_out,
                           keys, values, doc, start, stop, query_doc, o,
                           wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, x_out):  # pragma: no cover
-    """A whole attention residual block for rows [r0, r1) in one call: _attention_in_rows, _attention_core,
-    _attention_out_rows. One call instead of five per block and row group: with two row groups, each
+    """A whole attention residual block for rows [r0, r1) in one call: _attention_in_rows,
+    attention_core_rows, _attention_out_rows. One call instead of five per block and row group: with two row groups, each
     Python-level call waits for the GIL while the other thread holds it, and fusing them made MQA batch-8
     steps 6-9% faster (median of five runs: 3.70 against 4.07 ms at 256 keys, 5.46 against 5.82 at 1k)."""
     _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, k_out, v_out)
-    _attention_core(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
+    attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
     _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out)
 
 

@@ -24,8 +24,9 @@ segment_pos), this stays exact when documents are packed and when a document sta
 
 Single-token steps (T = 1, NumPy arrays), as sampling feeds them, take a fused path: minigriffin.decode runs
 each recurrent residual block as one Numba kernel (norms, projections, Conv1D taps, RG-LRU, MLP), each
-attention block as a few (projections and RoPE; one pass over the keys for the logits, NumPy's exp, one pass
-over the values; proj_final and MLP), and the head as one more; the same computation as the chunk path below, which stays the reference for T > 1 and for CuPy
+attention block as one too (projections and RoPE; one pass over the keys for the logits, exp, one pass over
+the values; proj_final and MLP), and the head as one more; the same computation as the chunk path below,
+which stays the reference for T > 1 and for CuPy
 arrays (tests/test_decode.py: token by token equals model_forward to rtol 1e-12 in float64). The first such
 step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the model)
 and the ModelState passes it on, so params must not be modified in place while a state is being continued.
@@ -355,18 +356,19 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
             start = stop - keys.shape[1]
             docs[:, -1] = doc                                              # the last entry is this token's slot
             q = np.empty((B, H, Dh), x.dtype)
-            args = (x, sin, cos) + plan_block[0] + (cs, q, buf.keys[:, stop - 1], buf.values[:, stop - 1])
             o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
-            core = (q, buf.keys, buf.values, buf.doc, start, stop, doc, cs, o)   # kernels take whole buffers
+            args_in = (x, sin, cos) + plan_block[0] + (cs, q, buf.keys[:, stop - 1], buf.values[:, stop - 1])
+            cache = (buf.keys, buf.values, buf.doc, start, stop, doc)      # kernels take whole buffers
             n_parts = decode.split_parts(stop - start) if n_groups == 1 else 1   # a batch of one: split keys
-            out = (x, o) + plan_block[1] + (cs, x_out)
-            if n_parts > 1:
-                work.append(lambda r0, r1, args=args: decode._attention_in_rows(r0, r1, *args))
-                work.append(lambda r0, r1, core=core, n=n_parts: decode.attention_core_split(*core, n))
-                work.append(lambda r0, r1, out=out: decode._attention_out_rows(r0, r1, *out))
-            else:
-                whole = args + (buf.keys, buf.values, buf.doc, start, stop, doc, o) + plan_block[1] + (x_out,)
-                work.append(lambda r0, r1, whole=whole: decode._attention_block_rows(r0, r1, *whole))
+            if n_parts > 1:                                                # three calls, the middle one parallel
+                core = (q,) + cache + (cs, o, n_parts)
+                out = (x, o) + plan_block[1] + (cs, x_out)
+                work.append(lambda r0, r1, a=args_in: decode._attention_in_rows(r0, r1, *a))
+                work.append(lambda r0, r1, a=core: decode.attention_core_split(*a))
+                work.append(lambda r0, r1, a=out: decode._attention_out_rows(r0, r1, *a))
+            else:                                                          # one call per row group
+                whole = args_in + cache + (o,) + plan_block[1] + (x_out,)
+                work.append(lambda r0, r1, a=whole: decode._attention_block_rows(r0, r1, *a))
         new_blocks.append(new)
         x = x_out
     logits = np.empty((B, plan.table_t.shape[1]), x.dtype)                 # (B, V)
