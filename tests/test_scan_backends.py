@@ -95,8 +95,8 @@ def test_backward_equals_reference(backend, case, with_dh_last):
 def test_numba_chunked_equals_reference(case, parts, parallel, with_dh_last):
     """numba's chunked scan over time (the B = 1 path), forced at any size, forward and backward.
 
-    parts 2-6 cut T into a head and parts * (parts - 1) = 2-30 sub-chunks, so Hypothesis's T (1-300, with
-    T = 1, odd T and T = 1-9 drawn on purpose) covers T smaller than the chunk count (empty chunks), and
+    parts 2-6 cut T into a head and 2-6 stretches, so Hypothesis's T (1-300, with T = 1, odd T and
+    T = 1-9 drawn on purpose) covers T smaller than the stretch count (empty stretches and heads), and
     h0, reverse, exact zeros and a = 1 - 1e-6 come from scan_cases. The carries between chunks are formed
     in another order than the loop's, so this path matches the reference to rounding, not bit for bit.
     """

@@ -21,13 +21,16 @@ short piece of each row and skips the rest.
 The chunked scan (case 3), for p parts per row. A stretch of steps maps a state s to A s + X, where A is
 the product of its multipliers and X what the stretch produces from a zero state (docs/scan.md section 5).
   phase 1, parallel: part 0 scans the *head* of the sequence from h0, writing h (it knows its starting
-    state). Parts 1..p-1 meanwhile reduce the rest, cut into K = p(p-1) sub-chunks, to their (A, X) pairs,
-    reading x and a but writing nothing.
-  phase 2, serial and tiny: the state entering each sub-chunk, carry_{k+1} = X_k + A_k carry_k.
-  phase 3, parallel: every part rescans p-1 consecutive sub-chunks from its true entering state, writing h.
-The head is shorter than a share of the rest, sized so that scanning it takes as long as reducing the rest
-on the other p-1 parts (HEAD_WEIGHT); then phase 3 splits the rest evenly over all p parts. The rest is
-read twice (reduce, rescan), the head once. Phase 3 redoes the exact sequential recurrence, so only the
+    state). The rest is cut into p equal stretches; parts 1..p-1 meanwhile reduce stretches 0..p-2, one
+    each, to their (A, X) pairs, reading x and a but writing nothing. The last stretch is not reduced:
+    its (A, X) would only give the final state, which its own rescan produces anyway.
+  phase 2, serial and tiny: the state entering each stretch, carry_{k+1} = X_k + A_k carry_k.
+  phase 3, parallel: part k rescans stretch k from its true entering state, writing h.
+The head is shorter than a stretch, sized so that scanning it takes as long as reducing one stretch
+(HEAD_WEIGHT). Stretches 0..p-2 are read twice (reduce, rescan); the head and the last stretch once.
+(An earlier version reduced the whole rest, the last stretch included, in p(p-1) sub-chunks: at
+(1, 16384, 256) dropping that wasted reduction made the forward 8% and the backward 5% faster.)
+Phase 3 redoes the exact sequential recurrence, so only the
 carries differ from the plain loop, by rounding: the product A_k is formed in another order than the loop
 applies the same multipliers (the tests bound this; docs/scan.md).
 
@@ -191,20 +194,22 @@ def _chunked_body(x, a, h0, out, q, prod, fuse, n_steps, reverse, parts, head, t
     """Case 3: the three-phase chunked scan over time, whole rows, `parts` jobs per batch row.
 
     Positions are counted in scan order (s = 0 is t = 0 forwards, t = n_steps - 1 in reverse). The head is
-    positions [0, head); the rest is cut into K = parts * (parts - 1) sub-chunks.
+    positions [0, head); the rest is cut into `parts` equal stretches, stretch k being positions
+    [bounds[k], bounds[k+1]). Part k scans stretch k in phase 3; only stretches 0..parts-2 are reduced
+    in phase 1 (by parts 1..parts-1, one each), because the last one's (A, X) would only give the final
+    state, which its own rescan produces anyway.
     """
     B = x.shape[0]
     D = x.shape[2]
-    K = parts * (parts - 1)
     rest = n_steps - head
-    bounds = np.empty(K + 1, dtype=np.int64)            # (K+1,) sub-chunk k is positions [bounds[k], bounds[k+1])
-    for k in range(K + 1):
-        bounds[k] = head + (rest * k) // K
-    mults = np.empty((B, K, D), dtype=x.dtype)          # (B, K, D) A_k: product of a over sub-chunk k
-    locals_ = np.empty((B, K, D), dtype=x.dtype)        # (B, K, D) X_k: sub-chunk k's result from zero
-    carries = np.empty((B, K + 1, D), dtype=x.dtype)    # (B, K+1, D) state entering sub-chunk k (K: h_last)
+    bounds = np.empty(parts + 1, dtype=np.int64)        # (parts+1,) stretch k: positions [bounds[k], bounds[k+1])
+    for k in range(parts + 1):
+        bounds[k] = head + (rest * k) // parts
+    mults = np.empty((B, parts - 1, D), dtype=x.dtype)      # (B, parts-1, D) A_k: product of a over stretch k
+    locals_ = np.empty((B, parts - 1, D), dtype=x.dtype)    # (B, parts-1, D) X_k: stretch k's result from zero
+    carries = np.empty((B, parts, D), dtype=x.dtype)        # (B, parts, D) state entering stretch k
 
-    # Phase 1: part 0 scans the head from h0; parts 1.. reduce `parts` sub-chunks each.
+    # Phase 1: part 0 scans the head from h0; part k >= 1 reduces stretch k - 1.
     for job in prange(B * parts):
         b = job // parts
         part = job % parts
@@ -216,28 +221,27 @@ def _chunked_body(x, a, h0, out, q, prod, fuse, n_steps, reverse, parts, head, t
                 _run_forward(x, a, out, q, prod, fuse, b, 0, D, 0, head, state)
             carries[b, 0] = state
         else:
-            for k in range((part - 1) * parts, part * parts):
-                s0 = bounds[k]
-                s1 = bounds[k + 1]
-                t0, t1 = (n_steps - s1, n_steps - s0) if reverse else (s0, s1)
-                _reduce(x, a, reverse, b, t0, t1, mults[b, k], locals_[b, k])
+            k = part - 1
+            s0 = bounds[k]
+            s1 = bounds[k + 1]
+            t0, t1 = (n_steps - s1, n_steps - s0) if reverse else (s0, s1)
+            _reduce(x, a, reverse, b, t0, t1, mults[b, k], locals_[b, k])
 
     # Phase 2: carry_{k+1} = X_k + A_k carry_k. A zero carry is passed through untouched, so that a product
     # A_k that overflowed to inf (|a| > 1 over a long stretch) cannot turn a zero state into inf * 0 = NaN.
     for b in range(B):
-        for k in range(K):
+        for k in range(parts - 1):
             for j in range(D):
                 c = carries[b, k, j]
                 carries[b, k + 1, j] = locals_[b, k, j] + mults[b, k, j] * c if c != 0 else locals_[b, k, j]
 
-    # Phase 3: each part rescans parts - 1 consecutive sub-chunks from its true entering state.
+    # Phase 3: part k rescans stretch k from its true entering state.
     for job in prange(B * parts):
         b = job // parts
         part = job % parts
-        k0 = part * (parts - 1)
-        s0 = bounds[k0]
-        s1 = bounds[k0 + parts - 1]
-        state = carries[b, k0].copy()                    # (D,)
+        s0 = bounds[part]
+        s1 = bounds[part + 1]
+        state = carries[b, part].copy()                  # (D,)
         if reverse:
             _run_reverse(x, a, out, q, prod, fuse, b, 0, D, n_steps - s1, n_steps - s0, state, tile)
         else:
@@ -297,11 +301,12 @@ def _head_steps(n_steps, parts, reverse, fuse):
     """Length of the head (scanned in phase 1 while the others reduce), balancing phase 1's work.
 
     Scanning a step costs w = HEAD_WEIGHT times reducing one (a reduction reads two arrays; a scan reads
-    two and writes one, the fused product adds two more, and reverse tiles add their own overhead); the
-    head of h steps takes as long as reducing (n - h) / (parts - 1) steps when h = n / (1 + w (parts - 1)).
+    two and writes one, the fused product adds two more, and reverse tiles add their own overhead). The
+    rest is `parts` stretches of L steps and phase 1 reduces one of them per part, so the head of h steps
+    takes as long as that reduction when w h = L, with n = h + parts L: h = n / (1 + w parts).
     """
     w = HEAD_WEIGHT[bool(reverse), bool(fuse)]
-    return int(n_steps / (1.0 + w * (parts - 1)))
+    return int(n_steps / (1.0 + w * parts))
 
 
 def _as_c_rows(arr, name):
