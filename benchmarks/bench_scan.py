@@ -12,6 +12,15 @@ also triggers Numba's compilation. Ratios are within one run, so they travel bet
 than seconds do. Targets (issue 2): numba forward <= 1.2x floor, forward + backward <= 2.5x floor.
 Results are recorded in docs/benchmarks.md. This is a benchmark, not a test: nothing here asserts.
 
+The **bound** row says how far a scan could get on this machine in this run. It times two dependency-free
+passes with exactly the scan's minimal memory traffic, split over the threads as the Numba backend splits
+its work (whole batch rows, or stretches of time when B < threads): h = a * x (read two arrays, write one:
+the forward) and g = dh + a, da = g * h (read three, write two: the backward). A scan moves at least this
+much memory and adds the recurrence's dependency and, at small B, the chunked scan's extra reads, so it
+should not beat the bound by more than the run's noise (a few percent between back-to-back timings). When the bound's
+forward + backward is itself near 2.5 floors (on a shared VM, two threads sometimes get barely more memory
+bandwidth than one), the target cannot be met in that run whatever the kernel.
+
     python benchmarks/bench_scan.py --device gpu    # the cupy backend on CuPy arrays (issue 6)
 
 On the GPU the floor is a device-to-device copy of one (B, T, D) array (`cupy.copyto`, which reads one array
@@ -24,7 +33,9 @@ import argparse
 import platform
 import time
 
+import numba
 import numpy as np
+from numba import njit, prange
 
 from minigriffin.scan import available_backends, linear_scan, linear_scan_backward
 
@@ -102,6 +113,43 @@ def main_gpu(args):
     print("\n".join(verdicts))
 
 
+@njit(parallel=True, nogil=True)
+def _bound_forward(x, a, h, parts):  # pragma: no cover - compiled by Numba
+    """h = a * x over (B, T, D), in B * parts jobs of contiguous time stretches: the forward's traffic."""
+    B, T, D = x.shape
+    for job in prange(B * parts):
+        b = job // parts
+        k = job % parts
+        for t in range(T * k // parts, T * (k + 1) // parts):
+            x_row, a_row, h_row = x[b, t], a[b, t], h[b, t]    # (D,) each
+            for j in range(D):
+                h_row[j] = a_row[j] * x_row[j]
+
+
+@njit(parallel=True, nogil=True)
+def _bound_backward(dh, a, h, g, da, parts):  # pragma: no cover - compiled by Numba
+    """g = dh + a, da = g * h: the backward's traffic (read dh, a, h; write g, da), split as above."""
+    B, T, D = dh.shape
+    for job in prange(B * parts):
+        b = job // parts
+        k = job % parts
+        for t in range(T * k // parts, T * (k + 1) // parts):
+            dh_row, a_row, h_row, g_row, da_row = dh[b, t], a[b, t], h[b, t], g[b, t], da[b, t]
+            for j in range(D):
+                gj = dh_row[j] + a_row[j]
+                g_row[j] = gj
+                da_row[j] = gj * h_row[j]
+
+
+def streaming_bound(x, a, dh, h, g, da, repeats):
+    """(forward, backward) times of the dependency-free passes with the scan's minimal traffic (module doc)."""
+    parts = max(1, -(-numba.get_num_threads() // x.shape[0]))   # time stretches per row when B < threads
+    _bound_forward(x, a, h, parts)                               # warm-up and compilation
+    _bound_backward(dh, a, h, g, da, parts)
+    return (best_time(lambda: _bound_forward(x, a, h, parts), repeats),
+            best_time(lambda: _bound_backward(dh, a, h, g, da, parts), repeats))
+
+
 def bench_shape(shape, backends, repeats, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)        # (B, T, D)
@@ -109,6 +157,7 @@ def bench_shape(shape, backends, repeats, dtype=np.float32, seed=0):
     dh = rng.standard_normal(shape).astype(dtype)       # (B, T, D)
     h_out, dx_out, da_out = np.empty_like(x), np.empty_like(x), np.empty_like(x)   # reused, like the floor's
     floor = best_time(lambda: np.multiply(a, x, out=h_out), repeats)
+    bound = streaming_bound(x, a, dh, h_out, dx_out, da_out, repeats)
     rows = {}
     for name in backends:
         def fwd():
@@ -125,7 +174,7 @@ def bench_shape(shape, backends, repeats, dtype=np.float32, seed=0):
         fwd_bwd()  # warm-up (and JIT compilation) outside the timed region
         rows[name] = {"fwd": best_time(fwd, repeats), "fwd+bwd": best_time(fwd_bwd, repeats),
                       "alloc": best_time(fwd_bwd_allocating, repeats)}
-    return floor, rows
+    return floor, bound, rows
 
 
 def main(argv=None):
@@ -147,8 +196,11 @@ def main(argv=None):
     verdicts = []
     for spec in args.shapes.split(","):
         shape = tuple(int(n) for n in spec.lower().split("x"))
-        floor, rows = bench_shape(shape, backends, args.repeats)
+        floor, (bound_fwd, bound_bwd), rows = bench_shape(shape, backends, args.repeats)
+        bound = bound_fwd + bound_bwd
         print(f"| {shape} | floor: np.multiply(a, x, out=h) | {floor * 1e3:.2f} | 1.00 | | | | |")
+        print(f"| {shape} | bound: minimal traffic, no recurrence | {bound_fwd * 1e3:.2f} | {bound_fwd / floor:.2f} "
+              f"| {bound * 1e3:.2f} | {bound / floor:.2f} | | |")
         ref = rows.get("reference")
         for name, r in rows.items():
             speedup = (f"{ref['fwd'] / r['fwd']:.1f}x, {ref['fwd+bwd'] / r['fwd+bwd']:.1f}x" if ref else "n/a")
@@ -156,8 +208,9 @@ def main(argv=None):
                   f"| {r['fwd+bwd'] / floor:.2f} | {speedup} | {r['alloc'] / floor:.2f} |")
             for kind, target in TARGETS.get(name, {}).items():
                 ratio = r[kind] / floor
+                bound_ratio = (bound_fwd if kind == "fwd" else bound) / floor
                 verdicts.append(f"{name} {kind} at {shape}: {ratio:.2f}x floor (target <= {target}x): "
-                                f"{'met' if ratio <= target else 'MISSED'}")
+                                f"{'met' if ratio <= target else 'MISSED'}; the bound this run: {bound_ratio:.2f}x")
     print()
     print("\n".join(verdicts))
 
