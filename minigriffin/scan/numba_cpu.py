@@ -30,9 +30,9 @@ The head is shorter than a stretch, sized so that scanning it takes as long as r
 (HEAD_WEIGHT). Stretches 0..p-2 are read twice (reduce, rescan); the head and the last stretch once.
 (An earlier version reduced the whole rest, the last stretch included, in p(p-1) sub-chunks: at
 (1, 16384, 256) dropping that wasted reduction made the forward 8% and the backward 5% faster.)
-Phase 3 redoes the exact sequential recurrence, so only the
-carries differ from the plain loop, by rounding: the product A_k is formed in another order than the loop
-applies the same multipliers (the tests bound this; docs/scan.md).
+Phase 3 redoes the exact sequential recurrence, so only the carries differ from the plain loop, by
+rounding: the product A_k is formed in another order than the loop applies the same multipliers (the
+tests bound this; docs/scan.md).
 
 Reverse scans (the backward's) walk memory backwards, which defeats the prefetchers (measured 3x slower at
 B = 1), so they go through time in tiles: touch a tile's rows in ascending order, which pulls them into the
