@@ -673,9 +673,10 @@ def _attention_block_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, 
                           keys, values, doc, start, stop, query_doc, o,
                           wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, x_out):  # pragma: no cover
     """A whole attention residual block for rows [r0, r1) in one call: _attention_in_rows,
-    attention_core_rows, _attention_out_rows. One call instead of five per block and row group: with two row groups, each
-    Python-level call waits for the GIL while the other thread holds it, and fusing them made MQA batch-8
-    steps 6-9% faster (median of five runs: 3.70 against 4.07 ms at 256 keys, 5.46 against 5.82 at 1k)."""
+    attention_core_rows, _attention_out_rows. One call instead of five per block and row group: with two
+    row groups, each Python-level call waits for the GIL while the other thread holds it, and fusing them
+    made MQA batch-8 steps 6-9% faster (median of five runs: 3.70 against 4.07 ms at 256 keys, 5.46
+    against 5.82 at 1k)."""
     _attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, k_out, v_out)
     attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
     _attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out)

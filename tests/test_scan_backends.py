@@ -97,7 +97,7 @@ def test_numba_chunked_equals_reference(case, parts, parallel, with_dh_last):
 
     parts 2-6 cut T into a head and 2-6 stretches, so Hypothesis's T (1-300, with T = 1, odd T and
     T = 1-9 drawn on purpose) covers T smaller than the stretch count (empty stretches and heads), and
-    h0, reverse, exact zeros and a = 1 - 1e-6 come from scan_cases. The carries between chunks are formed
+    h0, reverse, exact zeros and a = 1 - 1e-6 come from scan_cases. The carries between stretches are formed
     in another order than the loop's, so this path matches the reference to rounding, not bit for bit.
     """
     rng = np.random.default_rng(case.x.size)
