@@ -31,9 +31,9 @@ def test_import_is_lazy():
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_training_demo_quick(books_dir, tmp_path, capsys):
+def test_training_demo_quick(corpus_dir, tmp_path, capsys):
     """The demo trains, samples and plots, and says where everything is."""
-    assert main(["demo", "--quick", "--data-dir", str(books_dir), "--run-dir", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--quick", "--data-dir", str(corpus_dir), "--run-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "a sample from the best checkpoint" in out and f"minigriffin train --resume {tmp_path / 'demo'}" in out
     assert (tmp_path / "demo" / "loss.png").exists()

@@ -35,18 +35,18 @@ class DeviceArray(np.ndarray):
 FAKE_DEVICE = types.SimpleNamespace(asarray=lambda arr: np.array(arr).view(DeviceArray))   # copies, like cupy
 
 
-def _small_trainer(run_dir, books_dir, device="cpu", steps=4, scan_backend="auto"):
+def _small_trainer(run_dir, corpus_dir, device="cpu", steps=4, scan_backend="auto"):
     cfg = make_config("griffin-tiny", scan_backend=scan_backend, dtype="float64")
     tc = TrainConfig(batch_size=2, seq_len=16, max_steps=steps, eval_every=2, eval_batches=1, checkpoint_every=2,
                      warmup_steps=1, cpu_workers=1)         # a GPU step is one worker: the same sums on the CPU
-    return Trainer(run_dir, cfg, tc, str(books_dir), load_corpus(books_dir), device=device)
+    return Trainer(run_dir, cfg, tc, str(corpus_dir), load_corpus(corpus_dir), device=device)
 
 
 @pytest.mark.skipif(GPU_REASON is None, reason="a GPU is usable here, so there is no error to show")
-def test_train_on_gpu_without_one_names_the_cause(tmp_path, books_dir, capsys):
+def test_train_on_gpu_without_one_names_the_cause(tmp_path, corpus_dir, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--preset", "griffin-tiny", "--data-dir", str(books_dir), "--run-dir", str(run),
+        main(["train", "--preset", "griffin-tiny", "--data-dir", str(corpus_dir), "--run-dir", str(run),
               "--device", "gpu", "--max_steps=1", "--no-progress"])
     message = str(exc.value)
     assert "--device gpu is not usable here" in message and GPU_REASON in message, message
@@ -55,12 +55,12 @@ def test_train_on_gpu_without_one_names_the_cause(tmp_path, books_dir, capsys):
         device_namespace("gpu")
 
 
-def test_unknown_device_and_cpu_only_scan_backend_are_rejected(tmp_path, books_dir, monkeypatch):
+def test_unknown_device_and_cpu_only_scan_backend_are_rejected(tmp_path, corpus_dir, monkeypatch):
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        _small_trainer(tmp_path / "a", books_dir, device="tpu")
+        _small_trainer(tmp_path / "a", corpus_dir, device="tpu")
     monkeypatch.setattr(train_module, "device_namespace", lambda device: FAKE_DEVICE)
     with pytest.raises(ValueError, match="scan_backend='reference' runs on the CPU"):
-        _small_trainer(tmp_path / "b", books_dir, device="gpu", scan_backend="reference")
+        _small_trainer(tmp_path / "b", corpus_dir, device="gpu", scan_backend="reference")
 
 
 def test_to_device_and_to_host_move_trees_and_batches():
@@ -104,13 +104,13 @@ def _resume_and_finish(run_dir, max_steps, device="cpu"):
     return trainer
 
 
-def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, books_dir, monkeypatch):
+def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, corpus_dir, monkeypatch):
     """2 steps on the stand-in device, checkpoint, resume on the CPU for 2 more, equal the same 2 + 2 done on
     the CPU throughout, bit for bit (float64, same code on both "devices", same data order). The fused
     Numba kernels are switched off: they take only plain NumPy arrays, so the stand-in device (like CuPy)
     runs the NumPy code, and the CPU side must run the same code for the sums to match bit for bit."""
     monkeypatch.setattr(fused, "ENABLED", False)
-    ref = _small_trainer(tmp_path / "cpu", books_dir, steps=2)
+    ref = _small_trainer(tmp_path / "cpu", corpus_dir, steps=2)
     ref.start_fresh()
     ref.run(log=lambda *a, **k: None)
     ref = _resume_and_finish(tmp_path / "cpu", 4)
@@ -124,7 +124,7 @@ def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, books_dir
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "device_namespace", lambda device: FAKE_DEVICE)
         patch.setattr(train_module, "loss_and_grads", recording_loss_and_grads)
-        on_device = _small_trainer(tmp_path / "dev", books_dir, device="gpu", steps=2)
+        on_device = _small_trainer(tmp_path / "dev", corpus_dir, device="gpu", steps=2)
         on_device.start_fresh()
         assert all(type(p) is DeviceArray for _, p in tree_leaves(on_device.params))
         on_device.run(log=lambda *a, **k: None)
@@ -144,11 +144,11 @@ def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, books_dir
 
 @pytest.mark.gpu
 @needs_gpu
-def test_gpu_run_resumes_on_the_cpu_and_back(tmp_path, books_dir):
+def test_gpu_run_resumes_on_the_cpu_and_back(tmp_path, corpus_dir):
     """Real CuPy: 2 steps on the GPU, 2 on the CPU, 2 on the GPU again, against the same 2 + 2 + 2 on the CPU
     (the schedule follows max_steps). float64; GPU and CPU BLAS sum in different orders, so rtol 1e-9."""
     import cupy
-    ref = _small_trainer(tmp_path / "cpu", books_dir, steps=2)
+    ref = _small_trainer(tmp_path / "cpu", corpus_dir, steps=2)
     ref.start_fresh()
     ref.run(log=lambda *a, **k: None)
     _resume_and_finish(tmp_path / "cpu", 4)
@@ -158,7 +158,7 @@ def test_gpu_run_resumes_on_the_cpu_and_back(tmp_path, books_dir):
         cfg = make_config("griffin-tiny", scan_backend="auto", dtype="float64")
         tc = TrainConfig(batch_size=2, seq_len=16, max_steps=steps, eval_every=2, eval_batches=1,
                          checkpoint_every=2, warmup_steps=1)
-        return Trainer(run_dir, cfg, tc, str(books_dir), load_corpus(books_dir), device="gpu")
+        return Trainer(run_dir, cfg, tc, str(corpus_dir), load_corpus(corpus_dir), device="gpu")
 
     run = tmp_path / "mixed"
     first = gpu_trainer(run, 2)

@@ -35,11 +35,11 @@ def test_log_buckets_cover_every_position():
     assert lo[0] == 0 and hi[-1] == 999 and np.all(lo[1:] == hi[:-1]) and np.all(hi > lo)
 
 
-def test_eval_length_command(books_dir, tmp_path, capsys):
+def test_eval_length_command(corpus_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--preset", "griffin-tiny", "--data-dir", str(books_dir), "--run-dir", str(run),
+    assert main(["train", "--preset", "griffin-tiny", "--data-dir", str(corpus_dir), "--run-dir", str(run),
                  "--batch_size=2", "--seq_len=16", "--max_steps=2", "--eval_batches=1", "--no-progress"]) == 0
-    assert main(["eval-length", str(run), "--data-dir", str(books_dir), "--max-len", "100",
+    assert main(["eval-length", str(run), "--data-dir", str(corpus_dir), "--max-len", "100",
                  "--chunk-size", "32"]) == 0
     rows = (run / "run-length.csv").read_text().splitlines()
     assert rows[0].startswith("position_from,position_to,mean_loss,spread_over_documents,documents")
@@ -47,9 +47,9 @@ def test_eval_length_command(books_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("study", ["extrapolation", "train-length"])
-def test_experiment_commands_end_to_end(books_dir, tmp_path, study):
+def test_experiment_commands_end_to_end(corpus_dir, tmp_path, study):
     out = tmp_path / "exp"
-    assert main(["experiment", "extrapolation", "--study", study, "--preset", "tiny", "--data-dir", str(books_dir),
+    assert main(["experiment", "extrapolation", "--study", study, "--preset", "tiny", "--data-dir", str(corpus_dir),
                  "--out", str(out)]) == 0
     results = json.loads((out / f"{study}.json").read_text())
     labels = {m["label"] for m in results["models"]}

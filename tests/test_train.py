@@ -46,19 +46,19 @@ def test_overfits_one_batch(preset):
     assert loss < 0.01, loss
 
 
-def test_short_run_on_books_beats_the_unigram_entropy(books_dir, tmp_path):
-    """A few dozen steps on the shared books: validation loss falls below the validation books' unigram byte
+def test_short_run_on_books_beats_the_unigram_entropy(corpus_dir, tmp_path):
+    """A few dozen steps on the generated corpus: validation loss falls below the validation books' unigram byte
     entropy (the best a model that ignores context can do)."""
     from minigriffin.data import load_corpus, unigram_entropy
     run = tmp_path / "run"
-    code = main(["train", "--preset", "griffin-tiny", "--data-dir", str(books_dir), "--run-dir", str(run),
+    code = main(["train", "--preset", "griffin-tiny", "--data-dir", str(corpus_dir), "--run-dir", str(run),
                  "--width=64", "--lru_width=64", "--mlp_expanded_width=192", "--num_heads=4",
                  "--batch_size=8", "--seq_len=64", "--max_steps=60", "--lr=5e-3", "--warmup_steps=5",
                  "--eval_every=30", "--eval_batches=4", "--no-progress"])
     assert code == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
-    entropy = unigram_entropy(load_corpus(books_dir).valid)
+    entropy = unigram_entropy(load_corpus(corpus_dir).valid)
     assert len(records) == 60 and len(val) == 2
     assert val[-1] < entropy, f"validation loss {val[-1]:.3f} >= unigram entropy {entropy:.3f} nats/byte"
     assert (run / "checkpoints" / "best.npz").exists() and (run / "checkpoints" / "last.npz").exists()
@@ -67,8 +67,8 @@ def test_short_run_on_books_beats_the_unigram_entropy(books_dir, tmp_path):
     assert main(["plot", str(run)]) == 0 and (run / "loss.png").stat().st_size > 1000
 
 
-def _train_cmd(books_dir, run, steps, *extra):
-    return [sys.executable, "-m", "minigriffin", "train", *TINY, "--data-dir", str(books_dir), "--run-dir", str(run),
+def _train_cmd(corpus_dir, run, steps, *extra):
+    return [sys.executable, "-m", "minigriffin", "train", *TINY, "--data-dir", str(corpus_dir), "--run-dir", str(run),
             f"--max_steps={steps}", "--checkpoint_every=4", "--eval_every=4", "--scan_backend=reference", *extra]
 
 
@@ -83,13 +83,13 @@ def _params(run):
     return dict(tree_leaves(params)), meta
 
 
-def test_kill_and_resume_is_bit_identical(books_dir, tmp_path):
+def test_kill_and_resume_is_bit_identical(corpus_dir, tmp_path):
     """8 steps in one go == 4 steps, SIGKILL, resume, 4 more (float32 parameters compared bit for bit)."""
     straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(books_dir, straight, 8), env=_exact_env(), check=True, capture_output=True)
+    subprocess.run(_train_cmd(corpus_dir, straight, 8), env=_exact_env(), check=True, capture_output=True)
     killed = tmp_path / "killed"
     # The run pauses for a minute after each checkpoint, so the kill lands right after step 4's checkpoint.
-    proc = subprocess.Popen(_train_cmd(books_dir, killed, 8), env=_exact_env(MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT="60"),
+    proc = subprocess.Popen(_train_cmd(corpus_dir, killed, 8), env=_exact_env(MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT="60"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -113,9 +113,9 @@ def test_kill_and_resume_is_bit_identical(books_dir, tmp_path):
     assert losses(straight) == losses(killed)
 
 
-def test_ctrl_c_saves_and_prints_the_resume_command(books_dir, tmp_path):
+def test_ctrl_c_saves_and_prints_the_resume_command(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(books_dir, run, 100000, "--log_every=1"), env=_exact_env(),
+    proc = subprocess.Popen(_train_cmd(corpus_dir, run, 100000, "--log_every=1"), env=_exact_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -137,7 +137,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(books_dir, tmp_path):
     assert json.loads(records[-1])["step"] == step            # the checkpoint holds the last finished step
 
 
-def test_non_finite_gradient_stops_with_a_snapshot(books_dir, tmp_path, monkeypatch):
+def test_non_finite_gradient_stops_with_a_snapshot(corpus_dir, tmp_path, monkeypatch):
     """A NaN gradient at step 6 stops training with an error naming the step and the parameter; a crash snapshot
     is written and the last good checkpoint (step 4) is left exactly as it was."""
     import minigriffin.train as train_module
@@ -153,7 +153,7 @@ def test_non_finite_gradient_stops_with_a_snapshot(books_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "model_backward", poisoned)
     run = tmp_path / "run"
-    args = ["train", *TINY, "--data-dir", str(books_dir), "--run-dir", str(run), "--max_steps=10",
+    args = ["train", *TINY, "--data-dir", str(corpus_dir), "--run-dir", str(run), "--max_steps=10",
             "--checkpoint_every=4", "--eval_every=100", "--cpu_workers=1"]    # one backward per step
     with pytest.raises(FloatingPointError) as info:
         main(args)
@@ -163,11 +163,11 @@ def test_non_finite_gradient_stops_with_a_snapshot(books_dir, tmp_path, monkeypa
     assert _params(run)[1]["step"] == 4
 
 
-def test_second_ctrl_c_stops_at_once(books_dir, tmp_path):
+def test_second_ctrl_c_stops_at_once(corpus_dir, tmp_path):
     """The first Ctrl-C asks for a clean stop after the step; a second one, right after, does not wait for it."""
     run = tmp_path / "run"
     # griffin-small at 8 x 256 takes about a second a step, so the second Ctrl-C lands inside the step.
-    proc = subprocess.Popen(_train_cmd(books_dir, run, 100000, "--log_every=1", "--checkpoint_every=100000",
+    proc = subprocess.Popen(_train_cmd(corpus_dir, run, 100000, "--log_every=1", "--checkpoint_every=100000",
                                        "--eval_every=100000", "--preset", "griffin-small", "--batch_size=8",
                                        "--seq_len=256"), env=_exact_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
