@@ -7,8 +7,10 @@
     run_dir/crash_step<N>.npz    a snapshot when a loss or gradient goes non-finite (last.npz is left alone)
 
 Resuming restores the parameters, AdamW's moments, the step, the data sampler's RNG state and the best
-validation loss, so N steps in one go and N/2 + kill + resume + N/2 give bit-identical parameters (with the
-reference scan and one thread; multithreaded reductions may round differently run to run).
+validation loss (the lower of last.npz's and best.npz's), and trims metrics.jsonl to the checkpoint's step
+(dropping the steps that will be trained again and a line torn by a kill), so N steps in one go and
+N/2 + kill + resume + N/2 give bit-identical parameters and the same losses (with the reference scan and one
+thread; multithreaded reductions may round differently run to run).
 Ctrl-C finishes the current step, saves, prints the resume command and exits with 130; a second Ctrl-C stops
 at once.
 
@@ -112,6 +114,48 @@ class _Interrupt:
         return False
 
 
+def _best_val_loss(ckpt_dir, from_last):
+    """The best validation loss so far: best.npz can be newer than last.npz (a run killed after a best save but
+    before its next last save), so take the lower of the two; an unreadable best.npz is reported, not trusted."""
+    best_path = Path(ckpt_dir) / "best.npz"
+    if not best_path.exists():
+        return from_last
+    try:
+        from_best = float(load_checkpoint(best_path)[3]["best_val_loss"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        print(f"warning: ignoring {best_path} for the best validation loss ({exc})", file=sys.stderr)
+        return from_last
+    return min(from_last, from_best)
+
+
+def trim_metrics(path, step):
+    """Keep only the metrics records of steps <= step (the checkpoint a run resumes from), atomically.
+
+    A run killed after its last checkpoint has logged steps that the resumed run will log again, and a kill
+    in the middle of a write leaves a half line that would swallow the next record. Both are dropped, so a
+    resumed run's metrics.jsonl equals an uninterrupted run's."""
+    from minigriffin.data import atomic_write
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            keep = int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):       # a torn last line (UnicodeDecodeError is a ValueError)
+            keep = False
+        if keep:
+            kept.append(line + b"\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write(path, kept)
+    return dropped
+
+
 class Trainer:
     """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
 
@@ -145,6 +189,7 @@ class Trainer:
         self.opt_state = adamw_init(self.params)
         self.data_rng = np.random.default_rng(data_seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        trim_metrics(self.run_dir / "metrics.jsonl", 0)     # records of an earlier try that saved no checkpoint
         config = {"model": config_to_dict(self.model_cfg), "train": self.train_cfg.__dict__ | {},
                   "data_dir": self.data_dir}
         (self.run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -174,8 +219,9 @@ class Trainer:
         trainer.opt_state = AdamWState(trainer.step, to_device(m, trainer.xp), to_device(v, trainer.xp))
         trainer.data_rng = np.random.default_rng()
         trainer.data_rng.bit_generator.state = meta["data_rng_state"]
-        trainer.best_val = float(meta["best_val_loss"])
+        trainer.best_val = _best_val_loss(trainer.ckpt_dir, float(meta["best_val_loss"]))
         trainer.last_finite_loss = meta.get("last_finite_loss")
+        trim_metrics(trainer.run_dir / "metrics.jsonl", trainer.step)
         return trainer
 
     # ------------------------------------------------------------------------------------------- loop

@@ -102,6 +102,10 @@ def test_kill_and_resume_is_bit_identical(corpus_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert _params(killed)[1]["step"] == 4
+    # What a kill at step 6 leaves: the records of steps 5 and 6 (trained again on resume) and half of step 7's.
+    straight_records = (straight / "metrics.jsonl").read_text().splitlines()
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write(straight_records[4] + "\n" + straight_records[5] + "\n" + straight_records[6][:20])
     subprocess.run([sys.executable, "-m", "minigriffin", "train", "--resume", str(killed), "--no-progress"],
                    env=_exact_env(), check=True, capture_output=True)
     a, meta_a = _params(straight)
@@ -109,8 +113,43 @@ def test_kill_and_resume_is_bit_identical(corpus_dir, tmp_path):
     assert meta_a["step"] == meta_b["step"] == 8
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)        # float32, bit-identical
-    losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa
-    assert losses(straight) == losses(killed)
+    records = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert [r["step"] for r in records(killed)] == list(range(1, 9))      # each step once, no torn line
+    for key in ("loss", "grad_norm", "lr", "val_loss"):                     # float64 JSON values, exactly equal
+        assert [r.get(key) for r in records(straight)] == [r.get(key) for r in records(killed)], key
+
+
+def test_resume_keeps_the_best_validation_loss_of_best_npz(corpus_dir, tmp_path):
+    """best.npz can be newer than last.npz (killed after saving best.npz at an evaluation, before the next
+    last.npz): resuming takes the lower best validation loss, so a worse model never overwrites best.npz."""
+    import shutil
+
+    from minigriffin.data import load_corpus
+    from minigriffin.train import Trainer
+    run = tmp_path / "run"
+    base = ["train", *TINY, "--data-dir", str(corpus_dir), "--run-dir", str(run), "--eval_every=2",
+            "--checkpoint_every=4", "--lr=1e-2", "--cpu_workers=1"]
+    assert main([*base, "--max_steps=4"]) == 0
+    shutil.copy(run / "checkpoints" / "last.npz", tmp_path / "last-step4.npz")
+    assert main(["train", "--resume", str(run), "--max_steps=8", "--no-progress"]) == 0
+    best_at_8 = load_checkpoint(run / "checkpoints" / "best.npz")[3]["best_val_loss"]
+    best_at_4 = load_checkpoint(tmp_path / "last-step4.npz")[3]["best_val_loss"]
+    assert best_at_8 < best_at_4                                           # the run kept improving
+    shutil.copy(tmp_path / "last-step4.npz", run / "checkpoints" / "last.npz")    # as if killed after step 4
+    trainer = Trainer.resume(run, load_corpus)
+    assert trainer.step == 4 and trainer.best_val == best_at_8            # float64, exact
+
+
+def test_a_fresh_start_drops_the_metrics_of_a_try_that_saved_nothing(corpus_dir, tmp_path):
+    """A run killed before its first checkpoint leaves metrics.jsonl; starting again in that folder must not
+    append to it (the file would hold two step 1s)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
+    assert main(["train", *TINY, "--data-dir", str(corpus_dir), "--run-dir", str(run), "--max_steps=3",
+                 "--cpu_workers=1"]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
 
 
 def test_ctrl_c_saves_and_prints_the_resume_command(corpus_dir, tmp_path):
