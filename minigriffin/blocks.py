@@ -69,7 +69,7 @@ def residual_block_forward(x, p, segment_pos, cfg):
                                                         scan_backend=cfg.scan_backend)
     else:
         mixed, temporal_cache = attention_forward(normed, p["attention_block"], segment_pos,
-                                                  num_heads=cfg.num_heads, window=cfg.attention_window_size,
+                                                  num_heads=cfg.num_heads, window=cfg.window,
                                                   rope=cfg.use_rope)
     residual = x + mixed                                                   # (B, T, D)
     normed2, channel_norm_cache = rmsnorm_forward(residual, p["channel_pre_norm"])

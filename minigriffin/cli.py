@@ -175,11 +175,10 @@ def _sample(args):
 
 
 def _eval_length(args):
-    import dataclasses
-
     from minigriffin.checkpoint import load_checkpoint
-    from minigriffin.config import ATTENTION, config_from_dict
+    from minigriffin.config import config_from_dict
     from minigriffin.data import load_corpus
+    from minigriffin.experiment import attention_kind
     from minigriffin.evaluate import bucket_summary, length_curve, plot_curves, write_csv
     corpus = load_corpus(_resolve_data_dir(args.data_dir))
     out = args.out or args.run_dirs[0]
@@ -187,13 +186,10 @@ def _eval_length(args):
     curves = []
     for run_dir in args.run_dirs:
         params, _, _, meta = load_checkpoint(os.path.join(run_dir, "checkpoints", f"{args.checkpoint}.npz"))
-        cfg = config_from_dict(meta["model_config"])
+        cfg = config_from_dict(meta["model_config"])     # evaluated exactly as trained: local stays local
         train_len = int(meta["train_config"]["seq_len"])
-        if ATTENTION in cfg.block_types and cfg.attention_window_size >= train_len:
-            # Global attention: the window must cover every position evaluated. Its cache is the full KV
-            # cache, so memory grows with --max-len (local attention and the RG-LRU keep a fixed state).
-            cfg = dataclasses.replace(cfg, attention_window_size=args.max_len)
-            print(f"{run_dir}: global attention, so its key/value cache grows with the context")
+        print(f"{run_dir}: attention {attention_kind(cfg)}"
+              + (" (its key/value cache grows with the context)" if cfg.global_attention else ""))
         name = os.path.basename(os.path.normpath(run_dir))
         curve = length_curve(params, cfg, corpus.valid, args.max_len, name=name, train_len=train_len,
                              chunk_size=args.chunk_size, segments_per_book=args.segments_per_book,

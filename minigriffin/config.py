@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 
 RECURRENT, ATTENTION = "recurrent", "attention"
+GLOBAL_WINDOW = 2**40          # the window of global attention: more keys than any document has
 FAMILIES = ("hawk", "griffin", "mqa")
 
 
@@ -37,7 +38,9 @@ class GriffinConfig:
     num_heads: int = 2                           # H: attention heads
     block_types: tuple = (RECURRENT, RECURRENT, ATTENTION)
     lru_width: int = 32                          # E = D_RNN
-    attention_window_size: int = 8               # W: each query sees itself and W earlier keys
+    attention_window_size: int = 8               # W: each query sees itself and W earlier keys (local attention)
+    global_attention: bool = False               # True: attention sees the whole document, whatever its length
+                                                 # (the MQA Transformer baseline); attention_window_size is unused
     embeddings_scale_by_sqrt_dim: bool = False   # multiply embeddings by bf16(sqrt(D)) (RecurrentGemma: True)
     logits_soft_cap: float = 0.0                 # c * tanh(logits / c); 0 = off (RecurrentGemma: 30)
     conv1d_temporal_width: int = 4
@@ -70,6 +73,13 @@ class GriffinConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.attention_window_size < 0 or self.logits_soft_cap < 0:
             raise ValueError("attention_window_size and logits_soft_cap must be >= 0")
+
+    @property
+    def window(self):
+        """The window the attention computes with: attention_window_size, or GLOBAL_WINDOW (longer than any
+        sequence, so every earlier key of the document is visible) when global_attention is set. Whether
+        attention is local or global is part of the config, never guessed from the window and a length."""
+        return GLOBAL_WINDOW if self.global_attention else self.attention_window_size
 
     @property
     def gate_blocks(self):
@@ -106,8 +116,11 @@ def _check_types(cfg, cls):
 
 
 def _preset(family, width, depth, heads, lru_width, mlp, window, **extra):
+    """The MQA family is the paper's global-attention Transformer baseline: global_attention=True, so its
+    attention covers every training length (the window is kept only as the value a user may switch back to)."""
     return GriffinConfig(width=width, mlp_expanded_width=mlp, num_heads=heads, lru_width=lru_width,
-                         block_types=block_pattern(family, depth), attention_window_size=window, **extra)
+                         block_types=block_pattern(family, depth), attention_window_size=window,
+                         global_attention=family == "mqa", **extra)
 
 
 # Paper Table 2: (D, D_RNN, depth, heads). The paper's local window is 1024; vocab is ours (bytes).
@@ -120,11 +133,11 @@ def _build_presets():
     presets = {}
     for family in FAMILIES:
         # tiny: for tests (window 4 so that packed test sequences have W < T); small: laptop training.
+        # The mqa-* presets attend globally (global_attention); their window applies only if that is turned off.
         presets[f"{family}-tiny"] = _preset(family, 16, 3, 2, 16, 48, 4)
         presets[f"{family}-small"] = _preset(family, 256, 6, 4, 256, 768, 128)
         for size, (D, E, depth, heads) in _PAPER_SIZES.items():
-            # The MQA baseline uses global attention: a window no shorter than any training sequence.
-            window = 1024 if family == "griffin" else 2048
+            window = 1024                # Griffin's local window in the paper; the MQA presets are global
             # The paper uses 16 gate blocks in all its experiments (§4.1); recurrentgemma uses num_heads.
             presets[f"{family}-{size}"] = _preset(family, D, depth, heads, E, 3 * D, window, num_gate_blocks=16)
     return types.MappingProxyType(presets)

@@ -3,7 +3,7 @@
     minigriffin experiment extrapolation --preset laptop                      # left panel of Figure 5
     minigriffin experiment extrapolation --preset laptop --study train-length # right panel
 
-extrapolation: Hawk, Griffin (window L/2), the MQA Transformer with RoPE and, where the preset has
+extrapolation: Hawk, Griffin (window L/2), the MQA Transformer (global attention) with RoPE and, where the preset has
 `nope`, the same Transformer without positional encoding (mqa-nope) are trained at the same length L
 on the books with the same token budget, then evaluated on the validation books, each book one document,
 up to 8L (each book split into up to `segments` pieces of 8L tokens, each scored as one document, so the
@@ -14,7 +14,6 @@ studies share --out by default, so the second reuses the models at length L that
 whose checkpoint is complete is not trained again).
 """
 
-import dataclasses
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigriffin.config import GriffinConfig, TrainConfig, block_pattern
+from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_pattern, config_to_dict
 from minigriffin.evaluate import length_curve, markdown_table, plot_curves, write_csv
 
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
@@ -37,14 +36,22 @@ PRESETS = {
 
 
 def model_config(family, p, train_len):
-    """Hawk / Griffin (window L/2) / MQA (global: window >= every position it will see) / mqa-nope (the same
-    MQA Transformer without positional encoding, the paper's NoPE baseline)."""
+    """Hawk / Griffin (local attention, window L/2) / MQA (global attention: every earlier token of the document,
+    in training and in evaluation) / mqa-nope (the same MQA Transformer without positional encoding, the paper's
+    NoPE baseline). train_len does not change the model: Griffin's window stays L/2 at every training length."""
     rope = family != "mqa-nope"
     family = "mqa" if family == "mqa-nope" else family
-    window = {"hawk": 1, "griffin": max(1, p["L"] // 2), "mqa": train_len}[family]
     return GriffinConfig(width=p["width"], mlp_expanded_width=p["mlp"], num_heads=p["heads"],
                          lru_width=p["lru_width"], block_types=block_pattern(family, p["depth"]),
-                         attention_window_size=window, use_rope=rope)
+                         attention_window_size=max(1, p["L"] // 2), global_attention=family == "mqa",
+                         use_rope=rope)
+
+
+def attention_kind(cfg):
+    """How a model attends, as recorded in the results: "none" (Hawk), "global" or "local, window W"."""
+    if ATTENTION not in cfg.block_types:
+        return "none"
+    return "global" if cfg.global_attention else f"local, window {cfg.attention_window_size}"
 
 
 def runs_for(study, p):
@@ -101,6 +108,13 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                            checkpoint_every=p["steps"], eval_batches=2, seed=seed)
         if (run_dir / "checkpoints" / "last.npz").exists():
             trainer = Trainer.resume(run_dir, lambda _: corpus)
+            if trainer.model_cfg != cfg or trainer.train_cfg != tcfg:
+                saved, wanted = config_to_dict(trainer.model_cfg) | vars(trainer.train_cfg), \
+                    config_to_dict(cfg) | vars(tcfg)
+                diff = ", ".join(f"{k}: saved {saved.get(k)!r}, study {wanted[k]!r}"
+                                 for k in wanted if saved.get(k) != wanted[k])
+                raise ValueError(f"{run_dir} holds a run with other settings than this study's ({diff}); "
+                                 f"remove it or choose another --out")
             log(f"[{label}] continuing from step {trainer.step}")
         else:
             trainer = Trainer(run_dir, cfg, tcfg, data_dir, corpus)
@@ -117,16 +131,17 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
         done_steps += trainer.step - first_step
         log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
             f"validation {summary['best_val_loss']:.3f}")
-        # A global-attention model must see every earlier token of the document: widen its window.
-        eval_cfg = dataclasses.replace(trainer.model_cfg, attention_window_size=eval_len) \
-            if family.startswith("mqa") else trainer.model_cfg
-        curve = length_curve(trainer.params, eval_cfg, corpus.valid, eval_len, name=label, train_len=train_len,
+        # Evaluated with exactly the model that was trained (global attention stays global, local stays local).
+        curve = length_curve(trainer.params, trainer.model_cfg, corpus.valid, eval_len, name=label,
+                             train_len=train_len,
                              segments_per_book=p["segments"])
         write_csv(curve, out_dir / f"{study}-{label}.csv")
         curves.append(curve)
         trained.append({"label": label, "family": family, "train_len": train_len, "batch_size": batch,
                         "steps": p["steps"], "final_train_loss": summary["last_loss"],
-                        "val_loss": summary["best_val_loss"], "window": cfg.attention_window_size})
+                        "val_loss": summary["best_val_loss"], "attention": attention_kind(trainer.model_cfg),
+                        "window": None if trainer.model_cfg.global_attention or ATTENTION not in cfg.block_types
+                        else trainer.model_cfg.attention_window_size})
     figure = plot_curves(curves, out_dir / f"{study}.png",
                          title=f"{study}: loss per position on held-out books ({preset} preset)")
     positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}

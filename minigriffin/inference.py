@@ -307,7 +307,7 @@ def forward_chunk(params, tokens, segment_pos, cfg, state):
                                                   cfg.scan_backend)        # (B, T, D)
         else:
             mixed, block_state = _attention_chunk(normed, p["attention_block"], segment_pos, doc, block_state,
-                                                  cfg.num_heads, cfg.attention_window_size, cfg.use_rope)
+                                                  cfg.num_heads, cfg.window, cfg.use_rope)
         residual = x + mixed                                               # (B, T, D)
         normed2, _ = rmsnorm_forward(residual, p["channel_pre_norm"])      # (B, T, D)
         mlp_out, _ = mlp_forward(normed2, p["mlp_block"])                  # (B, T, D)
@@ -350,7 +350,7 @@ def _decode_step(params, tokens, segment_pos, cfg, state):
                 half = cfg.head_dim // 4 if cfg.use_rope else 0              # NoPE: rotate nothing
                 sin, cos = decode.rope_sin_cos(positions, half, x.dtype)
             H, Dh = cfg.num_heads, cfg.head_dim
-            keys, _, docs, new, _ = _kv_reserve(block_state, 1, cfg.attention_window_size)   # (B, N+1, ...)
+            keys, _, docs, new, _ = _kv_reserve(block_state, 1, cfg.window)   # (B, N+1, ...)
             buf = new.buffer                                               # the views end at buf.head
             stop = buf.head
             start = stop - keys.shape[1]

@@ -44,6 +44,9 @@ def exact_float64_torch():
         rg_modules.torch = saved_torch
 
 
+ORACLE_MAX_LEN = 1024     # no oracle test feeds a longer sequence (or prompt plus decoded tokens)
+
+
 def torch_griffin(cfg, params):
     """recurrentgemma.torch.Griffin with cfg's shapes and our params loaded (dtype from cfg)."""
     if cfg.num_gate_blocks not in (None, cfg.num_heads):
@@ -56,7 +59,10 @@ def torch_griffin(cfg, params):
         block_types=tuple(rg.TemporalBlockType.ATTENTION if t == ATTENTION else rg.TemporalBlockType.RECURRENT
                           for t in cfg.block_types),
         embeddings_scale_by_sqrt_dim=cfg.embeddings_scale_by_sqrt_dim,
-        attention_window_size=cfg.attention_window_size, logits_soft_cap=cfg.logits_soft_cap,
+        # recurrentgemma has no global flag: a global-attention model gets a window longer than any sequence
+        # the oracle tests feed (ORACLE_MAX_LEN), which masks nothing, as our GLOBAL_WINDOW does
+        attention_window_size=ORACLE_MAX_LEN if cfg.global_attention else cfg.attention_window_size,
+        logits_soft_cap=cfg.logits_soft_cap,
         lru_width=cfg.lru_width)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     model = rg.Griffin(rcfg, gradient_checkpointing=False, dtype=dtype)

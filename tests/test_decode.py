@@ -22,9 +22,9 @@ CASES = {
     "griffin-W4": dict(preset="griffin-tiny"),                                   # W = 4 << T
     "griffin-W0-capped": dict(preset="griffin-tiny", attention_window_size=0, embeddings_scale_by_sqrt_dim=True,
                               logits_soft_cap=30.0),
-    "mqa-W4": dict(preset="mqa-tiny"),
-    "mqa-global": dict(preset="mqa-tiny", attention_window_size=200),           # W >= T
-    "mqa-nope": dict(preset="mqa-tiny", attention_window_size=200, use_rope=False),   # no positional encoding
+    "mqa-W4": dict(preset="mqa-tiny", global_attention=False),                  # local, W = 4 << T
+    "mqa-global": dict(preset="mqa-tiny"),                                       # global_attention
+    "mqa-nope": dict(preset="mqa-tiny", use_rope=False),   # no positional encoding
 }
 
 

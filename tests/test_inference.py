@@ -27,9 +27,9 @@ CASES = {   # tiny presets have W = 4 < every chunk of 5 or 7 and > chunks of 1,
     "griffin-W16": dict(preset="griffin-tiny", attention_window_size=16),   # W > every chunk, < T
     "griffin-W0-capped": dict(preset="griffin-tiny", attention_window_size=0, embeddings_scale_by_sqrt_dim=True,
                               logits_soft_cap=30.0),
-    "mqa-local-W4": dict(preset="mqa-tiny"),
-    "mqa-global": dict(preset="mqa-tiny", attention_window_size=64),        # W >= T: global attention
-    "mqa-nope": dict(preset="mqa-tiny", attention_window_size=64, use_rope=False),   # no positional encoding
+    "mqa-local-W4": dict(preset="mqa-tiny", global_attention=False),
+    "mqa-global": dict(preset="mqa-tiny"),                                  # global_attention (the preset)
+    "mqa-nope": dict(preset="mqa-tiny", use_rope=False),                     # no positional encoding
 }
 CHUNK_SIZES = [1, 2, 3, 5, 7]
 
@@ -148,13 +148,24 @@ def test_griffin_state_size_is_bounded_by_the_window():
     assert [b.keys.shape for b in state.blocks if isinstance(b, AttentionState)] == [(1, W, Dh)]
 
 
-def test_mqa_global_cache_grows_with_the_context_up_to_the_window():
-    cfg, params = _model(dict(preset="mqa-tiny", attention_window_size=512))
+def test_mqa_local_cache_grows_with_the_context_up_to_the_window():
+    cfg, params = _model(dict(preset="mqa-tiny", global_attention=False, attention_window_size=512))
     Dh, L = cfg.head_dim, cfg.num_layers
     per_token = L * (2 * 8 * Dh + 8)                             # float64 k and v, int64 doc id, every block
     sizes = {n: _nbytes_after(cfg, params, n, 100)[0] for n in (10, 500, 1000)}
     assert sizes[500] - sizes[10] == 490 * per_token             # the full KV cache: linear in the context
     assert sizes[1000] - sizes[500] == 12 * per_token            # ... until it holds W = 512 keys
+
+
+def test_mqa_global_cache_keeps_every_key():
+    """global_attention (the mqa presets): the cache holds every token of the document, however long."""
+    cfg, params = _model(dict(preset="mqa-tiny"))
+    assert cfg.global_attention
+    Dh, L = cfg.head_dim, cfg.num_layers
+    per_token = L * (2 * 8 * Dh + 8)                             # float64 k and v, int64 doc id, every block
+    sizes = {n: _nbytes_after(cfg, params, n, 100)[0] for n in (10, 500, 1000)}
+    assert sizes[500] - sizes[10] == 490 * per_token             # linear in the context ...
+    assert sizes[1000] - sizes[500] == 500 * per_token           # ... with no window to stop it
 
 
 def test_init_state_and_forward_chunk_reject_bad_input():
