@@ -87,11 +87,11 @@ def _parse_overrides(extra):
     while i < len(extra):
         item = extra[i]
         if not item.startswith("--") or item == "--":
-            raise SystemExit(f"minigriffin train: unexpected argument {item!r} (options look like --key=value)")
+            raise SystemExit(f"unexpected argument {item!r} (options look like --key=value)")
         key, eq, value = item[2:].partition("=")
         if not eq:
             if i + 1 >= len(extra):
-                raise SystemExit(f"minigriffin train: option --{key} needs a value (--{key}=VALUE)")
+                raise SystemExit(f"option --{key} needs a value (--{key}=VALUE)")
             value, i = extra[i + 1], i + 1
         pairs[key.replace("-", "_")] = value
         i += 1
@@ -117,7 +117,7 @@ def _train(args, extra):
         model_over, train_over = split_overrides(_parse_overrides(extra))
         if args.resume:
             if model_over or set(train_over) - {"max_steps"}:
-                raise SystemExit("minigriffin train --resume continues a run with its saved settings; only "
+                raise SystemExit("--resume continues a run with its saved settings; only "
                                  "--max_steps may be changed")
             trainer = Trainer.resume(args.resume, load_corpus, max_steps=train_over.get("max_steps"),
                                      device=args.device)
@@ -129,7 +129,7 @@ def _train(args, extra):
             trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir), device=args.device)
             trainer.start_fresh()
     except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
-        raise SystemExit(f"minigriffin train: {exc.args[0] if exc.args else exc}") from None
+        raise SystemExit(exc.args[0] if exc.args else str(exc)) from None
     from minigriffin.params import count_params
     print(f"run folder: {trainer.run_dir}  ({count_params(trainer.model_cfg):,} parameters, "
           f"{trainer.model_cfg.num_layers} blocks, step {trainer.step} of {trainer.train_cfg.max_steps}, "
@@ -165,9 +165,16 @@ def _sample(args):
     params, _, _, meta = load_checkpoint(path)
     cfg = config_from_dict(meta["model_config"])
     tokenizer = ByteTokenizer()
-    prompt = tokenizer.encode(args.prompt)
+    try:
+        prompt = tokenizer.encode(args.prompt)
+    except UnicodeEncodeError as exc:                # bytes the shell passed that are not UTF-8
+        raise SystemExit(f"--prompt is not valid UTF-8 text (at character {exc.start})") from None
     if prompt.size == 0:
-        raise SystemExit("minigriffin sample: --prompt must not be empty")
+        raise SystemExit("--prompt must not be empty")
+    if prompt.max() >= cfg.vocab_size:
+        at = int(np.argmax(prompt >= cfg.vocab_size))
+        raise SystemExit(f"--prompt has byte {int(prompt[at])} at byte offset {at}, outside the model's "
+                         f"vocabulary of {cfg.vocab_size} tokens")
     out = generate(params, cfg, prompt[None].astype(np.int64), args.max_new_tokens,
                    np.random.default_rng(args.seed), temperature=args.temperature, top_k=args.top_k)
     print(tokenizer.decode(out[0]))
@@ -217,11 +224,23 @@ def _download(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `--res=...` must not silently mean --resume, and any --key=value that is not an
+        # option of the command goes on to the config overrides, which name unknown keys
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="minigriffin",
         description="Hawk and Griffin (De, Smith et al. 2024) in NumPy with hand-written backprop.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     doctor = sub.add_parser("doctor", help="print versions, Numba threading, scan backends and GPU availability")
     doctor.set_defaults(func=_doctor)
@@ -288,15 +307,51 @@ def build_parser():
     return parser
 
 
+EXIT_ERROR = 2          # bad input or a refused run: one line on stderr, no traceback
+
+#: what a command may raise for bad input or a run it refuses (a missing file, a corrupt checkpoint, a config
+#: value out of range, a NaN in training, no memory for the model asked for): shown as one line, exit status 2
+_USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingPointError, MemoryError)
+
+
+def _one_line(exc):
+    """The message of an exception on one line (KeyError's str() would add quotes)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if isinstance(exc, (ValueError, KeyError, TypeError)) else f"{text} ({type(exc).__name__})"
+
+
+def _fail(command, message):
+    print(f"minigriffin {command}: error: {message}" if command else f"minigriffin: error: {message}",
+          file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
 def main(argv=None):
+    """Run a command; returns its exit status (0 ok, 2 bad input, 130 interrupted).
+
+    Bad input never ends in a traceback: the error is one line on stderr naming the problem, and the exit
+    status is 2. MINIGRIFFIN_DEBUG=1 re-raises instead, to see where an error came from."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)          # argparse's own errors exit 2 with one line (_Parser)
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = os.environ.get("MINIGRIFFIN_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     except BrokenPipeError:
         return 1
+    except SystemExit as exc:                            # a command's own refusal: SystemExit("message")
+        if isinstance(exc.code, str) and not debug:
+            raise SystemExit(_fail(args.command, " ".join(exc.code.split()))) from None
+        raise
+    except KeyboardInterrupt:
+        print(f"minigriffin {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        if debug:
+            raise
+        raise SystemExit(_fail(args.command, _one_line(exc))) from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ tiny (tests), small (laptop training, ~5M parameters) or one of the paper's Tabl
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class GriffinConfig:
 
     def __post_init__(self):
         _check_types(self, GriffinConfig)
+        for name in ("vocab_size", "width", "mlp_expanded_width", "num_heads", "lru_width",
+                     "conv1d_temporal_width", "gate_blocks"):        # first: the checks below divide by them
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.num_heads:
             raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
         if self.lru_width % self.gate_blocks:
@@ -67,12 +72,12 @@ class GriffinConfig:
             raise ValueError(f"scan_backend must be one of {['auto', *_REGISTRY]}, got {self.scan_backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        for name in ("vocab_size", "width", "mlp_expanded_width", "num_heads", "lru_width",
-                     "conv1d_temporal_width", "gate_blocks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_window_size < 0 or self.logits_soft_cap < 0:
-            raise ValueError("attention_window_size and logits_soft_cap must be >= 0")
+        if self.attention_window_size > GLOBAL_WINDOW:
+            raise ValueError(f"attention_window_size must be <= {GLOBAL_WINDOW} (for attention over the whole "
+                             f"document, set global_attention=true), got {self.attention_window_size}")
+        if self.attention_window_size < 0 or not 0 <= self.logits_soft_cap < math.inf:
+            raise ValueError(f"attention_window_size must be >= 0 and logits_soft_cap finite and >= 0, got "
+                             f"{self.attention_window_size} and {self.logits_soft_cap}")
 
     @property
     def window(self):
@@ -203,8 +208,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cpu_workers < 0:
             raise ValueError(f"cpu_workers must be >= 0 (0: one per core), got {self.cpu_workers}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; min_lr, warmup_steps and grad_clip must be >= 0")
+            raise ValueError(f"lr must be > 0; min_lr, warmup_steps and grad_clip must be >= 0 (got lr={self.lr}, "
+                             f"min_lr={self.min_lr}, warmup_steps={self.warmup_steps}, grad_clip={self.grad_clip})")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError(f"eps must be > 0 and weight_decay >= 0, got {self.eps} and {self.weight_decay}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 def parse_value(cls, key, text):

@@ -4,6 +4,10 @@
 test_checkpoint.py.)
 """
 
+import contextlib
+import io
+import re
+
 import numpy as np
 import pytest
 
@@ -19,11 +23,16 @@ def books(tmp_path):
     return tmp_path / "books"
 
 
-def _fails(argv, match, capsys=None):
-    with pytest.raises(SystemExit) as info:
+def _fails(argv, match):
+    """The command refuses with exit status 2 and exactly one line on stderr that matches `match`."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
         main(argv)
-    message = str(info.value.code) if not isinstance(info.value.code, int) else capsys.readouterr().err
-    assert __import__("re").search(match, message), message
+    lines = err.getvalue().splitlines()
+    assert info.value.code == 2, (info.value.code, lines)
+    assert len(lines) == 1, lines                                    # one line: no traceback, no usage block
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
 
 
 def _train(books, run, *extra):
@@ -75,8 +84,7 @@ def test_corpus_shorter_than_a_window(tmp_path):
     small.mkdir()
     (small / "a.txt").write_text("tiny")
     (small / "b.txt").write_text("books")
-    with pytest.raises((SystemExit, ValueError), match=r"shorter than"):
-        main(_train(small, tmp_path / "run"))
+    _fails(_train(small, tmp_path / "run"), r"shorter than")
 
 
 def test_run_folder_already_used(books, tmp_path):
@@ -96,6 +104,5 @@ def test_resume_problems(books, tmp_path):
 def test_sample_and_plot_problems(books, tmp_path, capsys):
     assert main(_train(books, tmp_path / "run")) == 0
     _fails(["sample", str(tmp_path / "run"), "--prompt", ""], r"--prompt must not be empty")
-    with pytest.raises(FileNotFoundError, match=r"metrics.jsonl not found"):
-        main(["plot", str(tmp_path / "nothing")])
-    _fails(["sample", str(tmp_path / "run"), "--checkpoint", "middle"], r"invalid choice: 'middle'", capsys)
+    _fails(["plot", str(tmp_path / "nothing")], r"metrics.jsonl not found")
+    _fails(["sample", str(tmp_path / "run"), "--checkpoint", "middle"], r"invalid choice: 'middle'")

@@ -48,7 +48,8 @@ def test_train_on_gpu_without_one_names_the_cause(tmp_path, corpus_dir, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--preset", "griffin-tiny", "--data-dir", str(corpus_dir), "--run-dir", str(run),
               "--device", "gpu", "--max_steps=1", "--no-progress"])
-    message = str(exc.value)
+    assert exc.value.code == 2
+    message = capsys.readouterr().err
     assert "--device gpu is not usable here" in message and GPU_REASON in message, message
     assert not run.exists(), "a run folder was created for a run that cannot start"
     with pytest.raises(DeviceUnavailable, match="not usable here"):
