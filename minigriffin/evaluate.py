@@ -6,8 +6,9 @@ chunks that carry the recurrent state and the attention window cache from one ch
 the global-attention baseline keeps every key of the document (its window is the whole context), so its
 cache grows linearly. The loss at position t is the cross-entropy of predicting token t+1 from tokens 0..t.
 
-Positions are grouped into log-spaced buckets; the output is the mean loss per bucket over books and its
-spread (standard deviation of the per-book bucket means).
+Positions are grouped into log-spaced buckets; the output is the mean loss per bucket over books, its
+spread (standard deviation of the per-book bucket means) and how many documents reached the bucket (a book
+shorter than max_len counts only in the buckets it covers, so later buckets can have fewer documents).
 
 Notebook: notebooks/06_long_context.ipynb
 """
@@ -28,8 +29,12 @@ class LengthCurve(NamedTuple):
     bucket_hi: np.ndarray     # (K,) one past the last position
     mean: np.ndarray          # (K,) mean loss over books (nats per byte)
     spread: np.ndarray        # (K,) standard deviation over documents of the per-document bucket mean
-    books: int                # number of documents that reached each bucket (the minimum over buckets)
-    # (named `books` because with one document per book, eval-length's default, the two are the same)
+    documents: np.ndarray     # (K,) int: documents that reached each bucket (mean, spread are over these)
+
+
+def standard_error(curve):
+    """(K,) standard error of each bucket's mean: spread / sqrt(documents that reached the bucket)."""
+    return curve.spread / np.sqrt(np.maximum(np.asarray(curve.documents), 1))
 
 
 def position_losses(params, cfg, tokens, chunk_size=512):
@@ -97,31 +102,35 @@ def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_siz
     keep = reached > 0
     mean = np.nanmean(table[:, keep], axis=0)
     spread = np.nanstd(table[:, keep], axis=0)
-    return LengthCurve(name, train_len, lo[keep], hi[keep], mean, spread, int(reached[keep].min()))
+    return LengthCurve(name, train_len, lo[keep], hi[keep], mean, spread, reached[keep].astype(np.int64))
 
 
 def write_csv(curve, path):
-    """One row per bucket: first position, last position, mean loss, spread over documents, documents."""
+    """One row per bucket: first position, last position, mean loss, spread over documents, and the number
+    of documents that reached that bucket."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["position_from", "position_to", "mean_loss", "spread_over_documents", "documents"])
-        for l, h, m, s in zip(curve.bucket_lo, curve.bucket_hi, curve.mean, curve.spread):
-            writer.writerow([int(l), int(h) - 1, f"{m:.5f}", f"{s:.5f}", curve.books])
+        for l, h, m, s, n in zip(curve.bucket_lo, curve.bucket_hi, curve.mean, curve.spread, curve.documents):
+            writer.writerow([int(l), int(h) - 1, f"{m:.5f}", f"{s:.5f}", int(n)])
     return Path(path)
 
 
 def read_csv(path, name=None, train_len=0):
-    rows = list(csv.DictReader(open(path)))
+    """A LengthCurve from a write_csv file (each row's own document count)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     return LengthCurve(name or Path(path).stem, train_len,
-                       np.array([int(r["position_from"]) for r in rows]),
-                       np.array([int(r["position_to"]) + 1 for r in rows]),
+                       np.array([int(r["position_from"]) for r in rows], dtype=np.int64),
+                       np.array([int(r["position_to"]) + 1 for r in rows], dtype=np.int64),
                        np.array([float(r["mean_loss"]) for r in rows]),
-                       np.array([float(r["spread_over_documents"]) for r in rows]), int(rows[0]["documents"]))
+                       np.array([float(r["spread_over_documents"]) for r in rows]),
+                       np.array([int(r["documents"]) for r in rows], dtype=np.int64))
 
 
 def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)"):
     """Several runs on one figure: log-scaled positions, a band of +-1 standard error of the mean over
-    documents (spread / sqrt(documents)), training lengths marked."""
+    documents (spread / sqrt(documents), with each bucket's own document count), training lengths marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 5))          # no pyplot: never switches the backend of a notebook session
@@ -132,7 +141,7 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
         color = f"C{i % 10}"
         centre = np.sqrt(np.maximum(c.bucket_lo, 1) * c.bucket_hi)
         ax.plot(centre, c.mean, "o-", color=color, ms=3, label=c.name)
-        sem = c.spread / np.sqrt(max(1, c.books))
+        sem = standard_error(c)                                        # (K,)
         ax.fill_between(centre, c.mean - sem, c.mean + sem, color=color, alpha=0.15)
         if c.train_len and c.train_len not in marked:
             ax.axvline(c.train_len, color="gray", ls="--", lw=1)
@@ -163,11 +172,16 @@ def markdown_table(curves, positions):
     return "\n".join(lines)
 
 
+def _n_documents(n):
+    return f"{int(n)} document" + ("" if int(n) == 1 else "s")
+
+
 def bucket_summary(curve):
-    """A short human-readable summary: loss in the first and the last bucket."""
-    return (f"{curve.name}: {curve.mean[0]:.3f} at positions {curve.bucket_lo[0]}-{curve.bucket_hi[0] - 1}, "
-            f"{curve.mean[-1]:.3f} at {curve.bucket_lo[-1]}-{curve.bucket_hi[-1] - 1} ({curve.books} documents)")
+    """A short human-readable summary: loss in the first and the last bucket, each with its document count."""
+    return (f"{curve.name}: {curve.mean[0]:.3f} at positions {curve.bucket_lo[0]}-{curve.bucket_hi[0] - 1} "
+            f"({_n_documents(curve.documents[0])}), {curve.mean[-1]:.3f} at {curve.bucket_lo[-1]}-"
+            f"{curve.bucket_hi[-1] - 1} ({_n_documents(curve.documents[-1])})")
 
 
-__all__ = ["LengthCurve", "position_losses", "log_buckets", "length_curve", "write_csv", "read_csv",
-           "plot_curves", "markdown_table", "bucket_summary"]
+__all__ = ["LengthCurve", "standard_error", "position_losses", "log_buckets", "length_curve", "write_csv",
+           "read_csv", "plot_curves", "markdown_table", "bucket_summary"]

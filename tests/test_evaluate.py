@@ -76,3 +76,43 @@ def test_documents_are_consecutive_pieces_of_each_book():
     docs = documents(split, 20, segments_per_book=3)
     assert [(int(d[0]), len(d)) for d in docs] == [(0, 20), (20, 20), (45, 20), (65, 20)]   # no short tails
     assert [(int(d[0]), len(d)) for d in documents(split, 50)] == [(0, 45), (45, 50)]       # one per book
+
+
+def test_each_bucket_counts_the_documents_that_reached_it(tmp_path):
+    """Books of 30, 60 and 100 tokens evaluated up to 100: the short ones reach only the first buckets, so each
+    bucket has its own document count (and its own standard error), in the curve, the CSV and read back."""
+    from minigriffin.data import TokenSplit
+    from minigriffin.evaluate import (bucket_summary, length_curve, plot_curves, read_csv, standard_error,
+                                      write_csv)
+    cfg = make_config("griffin-tiny", dtype="float64")
+    params = init_params(cfg, np.random.default_rng(0))
+    tokens = np.random.default_rng(2).integers(0, 256, 190).astype(np.uint8)
+    split = TokenSplit(tokens, np.array([0, 30, 90, 190]), ("short", "middle", "long"))
+    curve = length_curve(params, cfg, split, 100, name="run", train_len=16, chunk_size=32)
+
+    lo, hi = log_buckets(100)                            # [0, 16, 23, 33, 47, 66, 93] .. [.., 99]
+    np.testing.assert_array_equal(curve.bucket_lo, lo)
+    # 29 losses reach the buckets ending at 16 and 23; 59 those up to 47; 99 every one.
+    np.testing.assert_array_equal(curve.documents, [3, 3, 2, 2, 1, 1, 1])
+    losses = [position_losses(params, cfg, split.tokens[a:b], 32) for a, b in ((0, 30), (30, 90), (90, 190))]
+    for k, (l, h) in enumerate(zip(lo, hi)):
+        means = [doc[l:h].mean() for doc in losses if h <= len(doc)]
+        assert len(means) == curve.documents[k]
+        np.testing.assert_allclose(curve.mean[k], np.mean(means), rtol=1e-12)      # float64
+        np.testing.assert_allclose(curve.spread[k], np.std(means), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(standard_error(curve), curve.spread / np.sqrt([3, 3, 2, 2, 1, 1, 1]))
+
+    path = write_csv(curve, tmp_path / "run-length.csv")
+    rows = path.read_text().splitlines()
+    assert rows[0] == "position_from,position_to,mean_loss,spread_over_documents,documents"
+    assert [int(row.split(",")[-1]) for row in rows[1:]] == [3, 3, 2, 2, 1, 1, 1]
+    back = read_csv(path, name="run", train_len=16)
+    assert (back.name, back.train_len) == ("run", 16)
+    for field in ("bucket_lo", "bucket_hi", "documents"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(curve, field))
+    for field in ("mean", "spread"):                     # written with 5 decimals
+        np.testing.assert_allclose(getattr(back, field), getattr(curve, field), rtol=0, atol=5e-6)
+
+    summary = bucket_summary(curve)
+    assert "at positions 0-15 (3 documents)" in summary and "at 93-98 (1 document)" in summary
+    assert plot_curves([curve, back], tmp_path / "length.png").stat().st_size > 1000

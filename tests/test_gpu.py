@@ -128,6 +128,74 @@ def test_numpy_inputs_round_trip():
     np.testing.assert_allclose(h, linear_scan(x, a, backend="reference")[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.gpu
+@needs_gpu
+def test_host_array_among_device_arrays_is_named():
+    """A NumPy array passed with CuPy ones is refused, by name, before any kernel runs: forward, backward and
+    the backend primitive itself (which also checks `out`)."""
+    rng = np.random.default_rng(3)
+    x_host = rng.standard_normal((2, 9, 5)).astype(np.float32)
+    a_host = rng.uniform(0, 1, (2, 9, 5)).astype(np.float32)
+    h0_host = np.zeros((2, 5), np.float32)
+    x, a, h0 = cupy.asarray(x_host), cupy.asarray(a_host), cupy.asarray(h0_host)
+    on = f"cuda:{x.device.id}"
+    with pytest.raises(TypeError, match=rf"h0 is a NumPy array \(host memory\) but x is on {on}: move it with "
+                                        rf"cupy.asarray"):
+        linear_scan(x, a, h0_host, backend="cupy")
+    with pytest.raises(TypeError, match=rf"a is a NumPy array \(host memory\) but x is on {on}"):
+        linear_scan(x, a_host, backend="cupy")
+    with pytest.raises(TypeError, match=rf"a is on {on} but x is a NumPy array \(host memory\)"):
+        linear_scan(x_host, a, backend="cupy")
+    h, _ = linear_scan(x, a, h0, backend="cupy")
+    dh = cupy.ones_like(x)
+    with pytest.raises(TypeError, match=rf"a is a NumPy array \(host memory\) but dh is on {on}"):
+        linear_scan_backward(dh, None, a_host, h, h0, backend="cupy")
+    with pytest.raises(TypeError, match=rf"a is on {on} but h is a NumPy array \(host memory\)"):
+        linear_scan_backward(dh, None, a, h.get(), h0, backend="cupy")
+    with pytest.raises(TypeError, match=rf"h0 is a NumPy array \(host memory\) but h is on {on}"):
+        linear_scan_backward(dh, None, a, h, h0_host, backend="cupy")
+    out = cupy.zeros_like(x)
+    for args, culprit in (((x, a, h0, False, np.empty_like(x_host)), "out"), ((x, a, h0_host, False, out), "h0")):
+        with pytest.raises(TypeError, match=rf"{culprit} is a NumPy array \(host memory\) but x is on {on}"):
+            cupy_gpu.scan(*args)
+    assert not out.any()                       # refused before any launch: the buffer was never written
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_arrays_on_another_gpu_are_named():
+    """CuPy arrays on two GPUs: refused by name; the scan runs once all are on one device and it is current."""
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    rng = np.random.default_rng(4)
+    x_host = rng.standard_normal((2, 9, 5)).astype(np.float32)
+    a_host = rng.uniform(0, 1, (2, 9, 5)).astype(np.float32)
+    with cupy.cuda.Device(0):
+        x0, a0 = cupy.asarray(x_host), cupy.asarray(a_host)
+    with cupy.cuda.Device(1):
+        x1, a1, h01 = cupy.asarray(x_host), cupy.asarray(a_host), cupy.zeros((2, 5), np.float32)
+        out1 = cupy.zeros_like(x1)
+    with cupy.cuda.Device(0):
+        with pytest.raises(ValueError, match="a is on cuda:1 but x is on cuda:0"):
+            linear_scan(x0, a1, backend="cupy")
+        with pytest.raises(ValueError, match="h0 is on cuda:1 but x is on cuda:0"):
+            linear_scan(x0, a0, h01, backend="cupy")
+        with pytest.raises(ValueError, match="a is on cuda:1 but dh is on cuda:0"):
+            linear_scan_backward(cupy.ones_like(x0), None, a1, x0, backend="cupy")
+        with pytest.raises(ValueError, match="out is on cuda:1 but x is on cuda:0"):
+            cupy_gpu.scan(x0, a0, cupy.zeros((2, 5), np.float32), False, out1)
+        # x on cuda:1 while cuda:0 is current: linear_scan's own buffers land on cuda:0 (CuPy allocates on the
+        # current device), and the backend says so instead of launching on cuda:1 with cuda:0 pointers.
+        # (out, or h0 if a later CuPy's empty_like follows its prototype's device: CuPy issue #3457)
+        with pytest.raises(ValueError, match="(out|h0) is on cuda:0 but x is on cuda:1.*current device"):
+            linear_scan(x1, a1, backend="cupy")
+    with x1.device:
+        assert not out1.any()
+        h, _ = linear_scan(x1, a1, backend="cupy")
+    assert h.device.id == 1
+    np.testing.assert_array_equal(h.get(), linear_scan(x_host, a_host, backend="reference")[0])
+
+
 # --- Without a GPU -------------------------------------------------------------------------------------------
 
 def test_cupy_without_gpu_names_the_cause():
@@ -197,3 +265,134 @@ def test_unavailable_reasons(fresh_reason, fake, expected):
 def test_usable_gpu_has_no_reason(fresh_reason):
     fresh_reason.setattr(cupy_gpu, "cupy", fake_cupy())
     assert cupy_gpu.unavailable_reason() is None
+
+
+# --- Device checks without a GPU: stand-ins with the attributes the check reads of a cupy.ndarray ------------
+
+class FakeDevice:
+    """A stand-in for cupy.cuda.Device: an id, and a context manager (the backend runs `with x.device:`)."""
+
+    def __init__(self, device_id):
+        self.id = device_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class FakeDeviceArray:
+    """A stand-in for a cupy.ndarray on GPU `device_id`: .device (a Device with .id), and what the scan's
+    shape and dtype checks read. Its type's module is cupy's, which is how minigriffin.xp.is_device_array
+    tells CuPy arrays from NumPy ones (so cupy is never imported to ask)."""
+
+    __module__ = "cupy._fake"
+
+    def __init__(self, device_id, shape=(2, 5, 3), dtype=np.float32):
+        self.device = FakeDevice(device_id)
+        self.shape, self.ndim, self.dtype = tuple(shape), len(shape), np.dtype(dtype)
+        self.flags = types.SimpleNamespace(c_contiguous=True)
+        self.strides = tuple(int(np.prod(shape[i + 1:])) * self.dtype.itemsize for i in range(len(shape)))
+
+    def __getitem__(self, index):                # time slices, as the backward passes them: same device
+        return FakeDeviceArray(self.device.id, np.empty(self.shape, np.bool_)[index].shape, self.dtype)
+
+
+def gpu(device_id, shape=(2, 5, 3)):
+    return FakeDeviceArray(device_id, shape)
+
+
+def host(shape=(2, 5, 3)):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("named", [
+    [("x", gpu(0)), ("a", gpu(0)), ("out", gpu(0)), ("h0", gpu(0, (2, 3)))],
+    [("x", gpu(1)), ("a", gpu(1)), ("out", gpu(1)), ("h0", None)],
+    [("x", host()), ("a", host()), ("out", host()), ("h0", host((2, 3)))],
+])
+def test_same_device_passes(named):
+    cupy_gpu.check_same_device(*named)
+    cupy_gpu.check_same_device(*named, current=3)
+
+
+@pytest.mark.parametrize("named,error,message", [
+    ([("x", gpu(0)), ("a", gpu(1))], ValueError, "a is on cuda:1 but x is on cuda:0"),
+    ([("x", gpu(0)), ("a", gpu(0)), ("out", gpu(0)), ("h0", host((2, 3)))], TypeError,
+     "h0 is a NumPy array (host memory) but x is on cuda:0: move it with cupy.asarray"),
+    ([("x", gpu(2)), ("a", gpu(2)), ("out", host())], TypeError,
+     "out is a NumPy array (host memory) but x is on cuda:2: move it with cupy.asarray"),
+    ([("x", host()), ("a", host()), ("out", gpu(0))], TypeError,
+     "out is on cuda:0 but x is a NumPy array (host memory)"),
+    ([("dh", gpu(0)), ("a", [1.0])], TypeError, "a is a list, neither a NumPy nor a CuPy array"),
+])
+def test_device_mismatch_names_the_argument_and_both_devices(named, error, message):
+    with pytest.raises(error) as excinfo:
+        cupy_gpu.check_same_device(*named)
+    assert message in str(excinfo.value)
+
+
+def test_device_mismatch_on_the_current_device_explains_where_it_came_from():
+    """linear_scan allocates out (and h0 = None's zeros) with CuPy, which puts new arrays on the current device,
+    not on x's: when that is where the stray array is, the message says so and how to fix it."""
+    with pytest.raises(ValueError) as excinfo:
+        cupy_gpu.check_same_device(("x", gpu(1)), ("a", gpu(1)), ("out", gpu(0)), current=0)
+    message = str(excinfo.value)
+    assert "out is on cuda:1" not in message and "out is on cuda:0 but x is on cuda:1" in message
+    assert "cuda:0 is the current device" in message and "with x.device:" in message
+    with pytest.raises(ValueError) as excinfo:                      # not the current device: no such hint
+        cupy_gpu.check_same_device(("x", gpu(1)), ("a", gpu(2)), current=0)
+    assert "current device" not in str(excinfo.value)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """cupy_gpu.scan with a GPU stand-in: every launch is recorded instead of run (none may happen)."""
+    launches = []
+    monkeypatch.setattr(cupy_gpu, "_require_gpu", lambda: None)
+    monkeypatch.setattr(cupy_gpu, "cupy", types.SimpleNamespace(
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))))
+    monkeypatch.setattr(cupy_gpu, "capacity", lambda device_id: 1024)
+    monkeypatch.setattr(kernels, "run_scan", lambda *args, **kwargs: launches.append(args))
+    return launches
+
+
+@pytest.mark.parametrize("args,error,message", [
+    ((gpu(0), gpu(1), gpu(0, (2, 3)), False, gpu(0)), ValueError, "a is on cuda:1 but x is on cuda:0"),
+    ((gpu(0), gpu(0), host((2, 3)), False, gpu(0)), TypeError,
+     "h0 is a NumPy array (host memory) but x is on cuda:0"),
+    ((gpu(0), gpu(0), gpu(0, (2, 3)), True, gpu(1)), ValueError, "out is on cuda:1 but x is on cuda:0"),
+    ((gpu(1), gpu(1), gpu(1, (2, 3)), False, gpu(0)), ValueError,
+     "out is on cuda:0 but x is on cuda:1 (cuda:0 is the current device"),
+    ((host(), gpu(0), host((2, 3)), False, host()), TypeError, "a is on cuda:0 but x is a NumPy array"),
+])
+def test_backend_checks_devices_before_any_launch(no_launch, args, error, message):
+    with pytest.raises(error) as excinfo:
+        cupy_gpu.scan(*args)
+    assert message in str(excinfo.value)
+    assert no_launch == []
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: linear_scan(gpu(0), gpu(1), backend="cupy"), ValueError, "a is on cuda:1 but x is on cuda:0"),
+    (lambda: linear_scan(gpu(0), gpu(0), host((2, 3)), backend="cupy"), TypeError,
+     "h0 is a NumPy array (host memory) but x is on cuda:0"),
+    (lambda: linear_scan(host(), gpu(0), backend="cupy"), TypeError, "a is on cuda:0 but x is a NumPy array"),
+    (lambda: linear_scan_backward(gpu(0), None, gpu(1), gpu(0), backend="cupy"), ValueError,
+     "a is on cuda:1 but dh is on cuda:0"),
+    (lambda: linear_scan_backward(gpu(0), None, gpu(0), host(), backend="cupy"), TypeError,
+     "a is on cuda:0 but h is a NumPy array (host memory)"),
+    (lambda: linear_scan_backward(gpu(1), None, gpu(1), gpu(1), host((2, 3)), backend="cupy"), TypeError,
+     "h0 is a NumPy array (host memory) but h is on cuda:1"),
+    (lambda: linear_scan_backward(gpu(1), None, gpu(1), gpu(1), gpu(0, (2, 3)), backend="cupy"), ValueError,
+     "h0 is on cuda:0 but h is on cuda:1"),
+])
+def test_public_scan_names_the_callers_arguments(no_launch, monkeypatch, call, error, message):
+    """Through linear_scan / linear_scan_backward (the backend loaded regardless of the machine): the error names
+    the caller's arguments (dh, h, ...; the backend sees only x, a, h0, out) and comes before any allocation."""
+    monkeypatch.setattr(scan_registry, "_load", lambda name: cupy_gpu)
+    with pytest.raises(error) as excinfo:
+        call()
+    assert message in str(excinfo.value)
+    assert no_launch == []

@@ -112,6 +112,12 @@ def _check_inputs(x, a, h0, names=("x", "a", "h0")):
             raise ValueError(f"{nh} must have shape (B, D)={(B, D)}, got {tuple(getattr(h0, 'shape', ()))}")
         if h0.dtype != x.dtype:
             raise TypeError(f"{nh} must have the dtype of {nx} ({x.dtype}), got {h0.dtype}")
+    # CuPy arrays: a and h0 on x's GPU, named here with the caller's names (the backend sees x, a, h0, out).
+    # Asked only when one of them is a CuPy array, so NumPy-only calls never import the cupy backend.
+    from minigriffin.xp import is_device_array
+    if any(is_device_array(arr) for arr in (x, a, h0) if arr is not None):
+        from minigriffin.scan.cupy_gpu import check_same_device
+        check_same_device((nx, x), (na, a), (nh, h0))
 
 
 def _output_buffer(out, like, inputs, name):
