@@ -19,8 +19,8 @@
 # training data, runs a short training with the same code path as `minigriffin train`, draws the loss curve and
 # samples from the result.
 #
-# The books folder comes from the environment variable `MINIGRIFFIN_BOOKS` (the default is the team's shared copy
-# next to the repository). Without books, `minigriffin download` fetches 31 of them from Project Gutenberg (~32 MB).
+# The books folder comes from the environment variable `MINIGRIFFIN_BOOKS`; without it, the download cache that
+# `minigriffin download` fills (31 books from Project Gutenberg, ~32 MB, into `~/.cache/minigriffin/books`).
 # The training loop is in [minigriffin/train.py](../minigriffin/train.py); one step is drawn in
 # [docs/architecture.md](../docs/architecture.md).
 
@@ -36,7 +36,7 @@ import numpy as np
 from minigriffin.checkpoint import load_checkpoint
 from minigriffin.cli import main as minigriffin
 from minigriffin.config import config_from_dict
-from minigriffin.data import ByteTokenizer, load_corpus, sample_batch, unigram_entropy
+from minigriffin.data import ByteTokenizer, default_cache_dir, load_corpus, sample_batch, unigram_entropy
 from minigriffin.plots import read_metrics
 from minigriffin.sample import generate
 
@@ -44,7 +44,7 @@ from minigriffin.sample import generate
 FULL_RUN = os.environ.get("MINIGRIFFIN_FULL_RUN") == "1"
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
 
-BOOKS = Path(os.environ.get("MINIGRIFFIN_BOOKS", "../../shared/data/books")).expanduser()
+BOOKS = Path(os.environ.get("MINIGRIFFIN_BOOKS") or default_cache_dir() / "books").expanduser()
 HAVE_BOOKS = BOOKS.is_dir() and ((BOOKS / "train").is_dir() or any(BOOKS.glob("*.txt")))
 if HAVE_BOOKS:
     print(f"books: {BOOKS.resolve()}")

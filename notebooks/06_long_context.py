@@ -47,13 +47,14 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from minigriffin.cli import main as minigriffin
-from minigriffin.evaluate import markdown_table, read_csv
+from minigriffin.data import default_cache_dir
+from minigriffin.evaluate import markdown_table, read_csv, standard_error
 
 # Unset: small sizes that run in seconds. MINIGRIFFIN_FULL_RUN=1: the sizes quoted in the text.
 FULL_RUN = os.environ.get("MINIGRIFFIN_FULL_RUN") == "1"
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
 RESULTS = Path("..") / "docs" / "results"
-BOOKS = Path(os.environ.get("MINIGRIFFIN_BOOKS", "../../shared/data/books")).expanduser()
+BOOKS = Path(os.environ.get("MINIGRIFFIN_BOOKS") or default_cache_dir() / "books").expanduser()
 STUDIES = ("extrapolation", "train-length")
 
 
@@ -77,7 +78,7 @@ def plot_studies(studies, title):
         for i, (label, c) in enumerate(curves.items()):
             centre = np.sqrt(np.maximum(c.bucket_lo, 1) * c.bucket_hi)
             ax.plot(centre, c.mean, "o-", ms=3, color=f"C{i}", label=label)
-            stderr = c.spread / np.sqrt(max(c.books, 1))                # spread is the std over documents
+            stderr = standard_error(c)                                  # spread / sqrt(documents), per bucket
             ax.fill_between(centre, c.mean - stderr, c.mean + stderr, color=f"C{i}", alpha=0.15)
         for train_len in sorted({c.train_len for c in curves.values() if c.train_len}):
             ax.axvline(train_len, color="grey", ls="--", lw=0.8)
@@ -97,7 +98,7 @@ def summarise(curves):
         at_train = c.mean[np.searchsorted(c.bucket_hi, c.train_len, side="left")]
         far = c.mean[-1]
         print(f"{label:<14} loss at the training length {at_train:.3f}; at positions {c.bucket_lo[-1]}-"
-              f"{c.bucket_hi[-1] - 1}: {far:.3f} ({far - at_train:+.3f}; {c.books} documents)")
+              f"{c.bucket_hi[-1] - 1}: {far:.3f} ({far - at_train:+.3f}; {c.documents[-1]} documents)")
 
 
 # %% [markdown]
