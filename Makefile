@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
-# Books for the demo: $MINIGRIFFIN_BOOKS, else the team's shared copy next to the repository if present;
-# otherwise `minigriffin demo` downloads them from Project Gutenberg.
-BOOKS ?= $(or $(MINIGRIFFIN_BOOKS),$(wildcard ../shared/data/books))
+# Books for the demo: $MINIGRIFFIN_BOOKS if set; otherwise `minigriffin demo` downloads them from Project
+# Gutenberg into the cache (once).
+BOOKS ?= $(MINIGRIFFIN_BOOKS)
 
 .PHONY: test demo doctor bench install clean help
 

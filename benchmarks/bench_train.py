@@ -1,7 +1,9 @@
 """Training throughput of the small presets: full optimisation steps (batch sampling, forward, loss, backward,
 clipping, AdamW) per second, as `minigriffin train` runs them.
 
-    python benchmarks/bench_train.py --data-dir ../shared/data/books       # batch 8 x 256 (the train default)
+    python benchmarks/bench_train.py --data-dir BOOKS       # batch 8 x 256 (the train default)
+
+BOOKS: the books corpus, e.g. the folder `minigriffin download` prints (~/.cache/minigriffin/books by default).
 
 Best of --repeats timed windows of --steps steps, after 2 warm-up steps, float32, default threads.
 Results go in docs/benchmarks.md; README quotes them as the time each preset takes on a laptop.
@@ -16,8 +18,10 @@ import numpy as np
 
 
 def main(argv=None):
+    from minigriffin.data import default_cache_dir
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("MINIGRIFFIN_BOOKS", "../shared/data/books"))
+    parser.add_argument("--data-dir",
+                        default=os.environ.get("MINIGRIFFIN_BOOKS") or str(default_cache_dir() / "books"))
     parser.add_argument("--presets", default="hawk-small,griffin-small,mqa-small")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)

@@ -4,13 +4,14 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR default: gpu-check-<date>; needs ~10 min on an H100-class GPU
 #
 # Needs: the repository's .venv (make test) plus CuPy for the driver's CUDA (pip install -e ".[gpu]" or
-# ".[gpu13]"), and for the recurrentgemma comparison a CUDA build of torch. Books: $MINIGRIFFIN_BOOKS.
+# ".[gpu13]"), and for the recurrentgemma comparison a CUDA build of torch. Books: $MINIGRIFFIN_BOOKS
+# (a folder with train/ and valid/, e.g. the one `minigriffin download` prints).
 # Writes one log per step into OUT_DIR; a failing step is reported and the others still run.
 set -u
 OUT=${1:-gpu-check-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
-BOOKS=${MINIGRIFFIN_BOOKS:-../shared/data/books}
+BOOKS=${MINIGRIFFIN_BOOKS:-$($PY -m minigriffin download | sed -n 's/^books in //p')}
 status=0
 step() {   # step NAME COMMAND...: run, tee into OUT/NAME.log, remember failures
     local name=$1; shift

@@ -1,6 +1,6 @@
 """Download the books corpus from Project Gutenberg: long public-domain English books published before 1919.
 
-The list is the one behind the shared books subset (the PG-19 cut-off year, split by book and by author into
+The list is the one behind the books corpus the results in docs/ were measured on (the PG-19 cut-off year, split by book and by author into
 train and valid). `download_books` fetches each plain-text edition, strips Project Gutenberg's header and
 footer, and writes `out/train/<id>.txt` and `out/valid/<id>.txt` plus a `MANIFEST.tsv` (with sha256) in each
 folder, which `minigriffin.data.load_corpus(out)` reads. Files already there with a matching checksum are

@@ -5,7 +5,7 @@
 
 Feeding a sequence in chunks of any sizes gives the same logits as `model.model_forward` on the whole of it
 (tested in float64 to rtol 1e-12): segment_pos simply continues (a book's second chunk of 512 starts at 512),
-and a 0 anywhere still starts a new document. What each residual block carries (Griffin §5.1, spec §8):
+and a 0 anywhere still starts a new document. What each residual block carries (Griffin §5.1; recurrentgemma/torch/modules.py `RecurrentBlockCache`, `AttentionBlockCache`):
 
     recurrent block   h: (B, E) RG-LRU state;  the last K-1 = 3 Conv1D inputs (B, 3, E) and their document ids
     attention block   the last min(W, tokens so far) post-RoPE keys and values (B, <=W, Dh) and their document ids
@@ -202,7 +202,7 @@ def _kv_append(state, k, v, doc, window):
 
 
 def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
-    """Recurrent block (spec §3) continuing from `state`. x: (B, T, D) -> out: (B, T, D), RecurrentState."""
+    """Recurrent block (Griffin §2.3, Figure 2(c); recurrentgemma `RecurrentBlock`) continuing from `state`. x: (B, T, D) -> out: (B, T, D), RecurrentState."""
     xp = array_namespace(x)
     T, K1 = x.shape[1], state.conv_x.shape[1]
     y_pre, _ = linear_forward(x, p["linear_y"])                            # (B, T, E)
@@ -221,7 +221,7 @@ def _recurrent_chunk(x, p, segment_pos, doc, state, scan_backend):
 
 
 def _attention_chunk(x, p, segment_pos, doc, state, num_heads, window, rope=True):
-    """Local MQA (spec §5) over [cached keys, chunk]. x: (B, T, D) -> out: (B, T, D), AttentionState.
+    """Local MQA (Griffin §2.3; recurrentgemma `LocalAttentionBlock`) over [cached keys, chunk]. x: (B, T, D) -> out: (B, T, D), AttentionState.
     The same computation as attention.attention_forward, with N carried keys in front and no backward cache."""
     xp = array_namespace(x)
     B, T, D = x.shape

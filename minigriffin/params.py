@@ -1,4 +1,5 @@
-"""Parameter initialisation (recurrentgemma's reset_parameters, spec §6) and small tree utilities.
+"""Parameter initialisation (recurrentgemma's reset_parameters, e.g.
+recurrentgemma/torch/modules.py `RecurrentBlock.reset_parameters`) and small tree utilities.
 
 Parameters are nested dicts named like recurrentgemma's PyTorch state dict, so
 "blocks.0.recurrent_block.rg_lru.a_param" is params["blocks"][0]["recurrent_block"]["rg_lru"]["a_param"].
@@ -26,7 +27,7 @@ def init_a_param(rng, width, dtype, min_rad=0.9, max_rad=0.999, eps=1e-8):
 
 def init_params(cfg, rng):
     """Random parameters for `cfg` (GriffinConfig), drawn from the numpy Generator `rng`. All weights normal,
-    biases and norm scales zero; output layers scaled by 2 / (number of blocks) (spec §6)."""
+    biases and norm scales zero; output layers scaled by 2 / (number of blocks) (recurrentgemma's reset_parameters)."""
     dt = np.dtype(cfg.dtype)
     D, E, F, G, V = cfg.width, cfg.lru_width, cfg.mlp_expanded_width, cfg.gate_blocks, cfg.vocab_size
     Dh, K = cfg.head_dim, cfg.conv1d_temporal_width

@@ -1,8 +1,8 @@
 """Data (minigriffin.data): byte tokenizer, corpus loading and its token cache, batch sampling, input errors.
 
 Window semantics are checked on synthetic streams whose token at offset i is i itself (N <= 256, uint8), so
-each window reveals its start and every field can be compared with a plain Python reference. The shared
-books corpus (books_dir fixture) checks loading, the cache and the entropy on real text.
+each window reveals its start and every field can be compared with a plain Python reference. The real
+books corpus ($MINIGRIFFIN_BOOKS, books_dir fixture) checks loading, the cache and the entropy on real text.
 """
 
 import csv
@@ -82,7 +82,7 @@ def test_tokenizer_rejects_out_of_range_tokens():
         ByteTokenizer().decode(np.array([0, 256]))
 
 
-# --- loading the shared books -------------------------------------------------------------------------
+# --- loading the real books corpus --------------------------------------------------------------------
 
 
 def test_books_match_manifests(books, books_dir):
