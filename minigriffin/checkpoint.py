@@ -4,16 +4,22 @@ A checkpoint is one .npz file (numpy's zip of arrays, loaded with allow_pickle=F
     param/<dotted path>, adam_m/<dotted path>, adam_v/<dotted path>   the arrays
     meta                                                                JSON text: format version, step,
         configs, every RNG state, the best validation loss, and a sha256 of all the arrays above
-It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one
-(os.replace is atomic on POSIX and Windows), and the folder is fsynced: a crash or a power cut leaves
-either the old checkpoint or the new one, never a torn file.
+It is written to a temporary file in the same folder (a unique name, .last.npz.XXXX.tmp), flushed and fsynced,
+then renamed over the old one (os.replace is atomic on POSIX and Windows), and the folder is fsynced: a crash or
+a power cut leaves either the old checkpoint or the new one, never a torn file. A write that fails (a full disk)
+removes its temporary file and raises CheckpointWriteError, an OSError naming the file and the cause; a
+temporary file left by a killed write is deleted by the next successful save of the same checkpoint.
 Checkpoints hold host (NumPy) arrays only: a run trained with --device gpu resumes on the CPU and back.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,11 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or written by an incompatible version."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, no permission, ...). An OSError with the errno of the
+    cause; its message names the file and the cause and says that the previous checkpoint is unchanged."""
 
 
 def _digest(arrays):
@@ -69,18 +80,58 @@ def unflatten(flat):
     return tree
 
 
+def _write_error(path, exc):
+    """CheckpointWriteError for an OSError raised while writing path: the file, the cause, what is left."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))     # disk full, or over quota
+    hint = "; free some disk space, then resume the run" if full else ""
+    error = CheckpointWriteError(f"could not save checkpoint {path}: {reason} (no partial file is left; "
+                                 f"{kept}){hint}")
+    error.errno = exc.errno
+    return error
+
+
+def _remove_stale_temporaries(path, before_ns):
+    """Delete temporary files of path left by writes that were killed (modified before before_ns)."""
+    stale = [*path.parent.glob(f".{glob_escape(path.name)}.*.tmp"), path.with_name(path.name + ".tmp")]
+    for tmp in stale:                       # (name.tmp: what versions before unique names left)
+        with contextlib.suppress(OSError):
+            if tmp.stat().st_mtime_ns < before_ns:
+                tmp.unlink()
+
+
 def save_checkpoint(path, *, params, adam_m, adam_v, meta):
-    """Write a checkpoint atomically. meta: JSON-able dict (step, configs, RNG states, ...)."""
+    """Write a checkpoint atomically. meta: JSON-able dict (step, configs, RNG states, ...).
+
+    Raises CheckpointWriteError (an OSError) naming the file if it cannot be written; the previous checkpoint at
+    path is then left exactly as it was and no temporary file remains."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {**_flatten("param", params), **_flatten("adam_m", adam_m), **_flatten("adam_v", adam_v)}
     meta = {**meta, "format_version": FORMAT_VERSION, "sha256": _digest(arrays)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:                      # a file object, so numpy does not append ".npz"
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        started_ns = os.fstat(fd).st_mtime_ns       # the filesystem's clock: older temporaries are leftovers
+        if hasattr(os, "fchmod"):                  # mkstemp makes it private (0600); checkpoints follow the umask
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:              # a file object, so numpy does not append ".npz"
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as exc:                    # a full disk, Ctrl-C twice, ...: no partial file stays
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+            raise _write_error(path, exc) from exc
+        raise
     try:                                            # make the rename itself durable (POSIX only)
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -89,6 +140,7 @@ def save_checkpoint(path, *, params, adam_m, adam_v, meta):
             os.close(fd)
     except OSError:
         pass
+    _remove_stale_temporaries(path, started_ns)
     return path
 
 

@@ -5,6 +5,8 @@
     run_dir/checkpoints/last.npz every checkpoint_every steps and at the end (atomic, minigriffin.checkpoint)
     run_dir/checkpoints/best.npz whenever the validation loss improves
     run_dir/crash_step<N>.npz    a snapshot when a loss or gradient goes non-finite (last.npz is left alone)
+    run_dir/.lock                while a trainer owns the folder (minigriffin.runlock): a second trainer is
+                                 refused, naming the first; a lock left by a killed run is taken over
 
 Resuming restores the parameters, AdamW's moments, the step, the data sampler's RNG state and the best
 validation loss (the lower of last.npz's and best.npz's), and trims metrics.jsonl to the checkpoint's step
@@ -42,6 +44,7 @@ from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
 from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
 from minigriffin.params import init_params
+from minigriffin.runlock import RunLock
 from minigriffin.xp import DEVICES, array_namespace, device_namespace, to_device
 
 EXIT_INTERRUPTED = 130
@@ -219,12 +222,14 @@ class Trainer:
         self.last_finite_loss = None
         self.step = 0
         self.params = self.opt_state = self.data_rng = None
+        self.lock = None                            # RunLock: held from start_fresh/resume until run() ends
 
     # ------------------------------------------------------------------------------------ state in/out
     def start_fresh(self):
         if (self.ckpt_dir / "last.npz").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
                                   f"or choose another --run-dir")
+        self.lock = RunLock(self.run_dir).acquire()         # one trainer per run folder (minigriffin.runlock)
         init_rng, data_seed = np.random.default_rng(self.train_cfg.seed), self.train_cfg.seed + 1
         self.params = to_device(init_params(self.model_cfg, init_rng), self.xp)   # drawn on the host
         self.opt_state = adamw_init(self.params)
@@ -249,6 +254,17 @@ class Trainer:
     def resume(cls, run_dir, corpus_loader, max_steps=None, device="cpu"):
         """Continue the run in run_dir from checkpoints/last.npz (architecture and settings come from it),
         on `device`, whichever device wrote the checkpoint."""
+        # Locked before the run is read, so no other trainer changes it meanwhile (no folder: no run to lock).
+        lock = RunLock(run_dir).acquire() if Path(run_dir).is_dir() else None
+        try:
+            return cls._resume_locked(run_dir, corpus_loader, max_steps, device, lock)
+        except BaseException:
+            if lock is not None:                        # refused or failed: the folder is free again at once
+                lock.release()
+            raise
+
+    @classmethod
+    def _resume_locked(cls, run_dir, corpus_loader, max_steps, device, lock):
         params, m, v, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "last.npz")
         model_cfg = config_from_dict(meta["model_config"])
         train_dict = dict(meta["train_config"])
@@ -256,6 +272,7 @@ class Trainer:
             train_dict["max_steps"] = max_steps
         train_cfg = TrainConfig(**train_dict)
         trainer = cls(run_dir, model_cfg, train_cfg, meta["data_dir"], corpus_loader(meta["data_dir"]), device)
+        trainer.lock = lock
         trainer.params, trainer.step = to_device(params, trainer.xp), int(meta["step"])
         trainer.opt_state = AdamWState(trainer.step, to_device(m, trainer.xp), to_device(v, trainer.xp))
         trainer.data_rng = np.random.default_rng()
@@ -296,6 +313,8 @@ class Trainer:
     def run(self, progress=None, log=print):
         """Train until max_steps (or Ctrl-C). Returns a summary dict. progress: a tqdm-like factory or None."""
         from minigriffin.data import eval_batches, sample_batch
+        if self.lock is None or not self.lock.held:        # a Trainer set up by hand, or run() a second time
+            self.lock = RunLock(self.run_dir).acquire()
         tc = self.train_cfg
         val_batches = to_device(eval_batches(self.corpus.valid, tc.batch_size, tc.seq_len, tc.eval_batches,
                                              seed=tc.seed), self.xp)
@@ -337,6 +356,7 @@ class Trainer:
                         break
         finally:
             metrics.close()
+            self.lock.release()                             # finished, Ctrl-C or an error: the folder is free
             if bar is not None:
                 bar.close()
         return {"step": self.step, "interrupted": interrupted, "best_val_loss": self.best_val,
