@@ -1,7 +1,7 @@
 """Training data: a byte tokenizer, a corpus of books cached as memmapped tokens, and random windows.
 
 A corpus is a folder of UTF-8 .txt files, one document (book) each: either `train/` and `valid/` subfolders
-(the shared books subset, or what `minigriffin.gutenberg.download_books` writes), or a flat folder that
+(the books corpus, e.g. what `minigriffin.gutenberg.download_books` writes), or a flat folder that
 `load_corpus` splits by book. The documents of a split are concatenated into one token stream, written once
 to a cache folder and memmapped, so a 30 MB corpus costs no RAM and a second load reads no book.
 
