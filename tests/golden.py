@@ -2,35 +2,45 @@
 
     python tests/golden.py          # rewrite tests/data/golden_griffin_tiny.npz (only after a deliberate change)
 
-It holds the inputs, the loss, a few gradients and the losses of five plain SGD steps (no optimiser state),
-in the llm.c spirit: a regression shows even where the oracle (torch, recurrentgemma) is not installed.
+It holds the inputs, the logits, the loss, a few gradients and the losses of five plain SGD steps (no
+optimiser state), in the llm.c spirit: a regression shows even where the oracle (torch, recurrentgemma) is not
+installed. The weights are tests/strategies.py's tiny_model (every leaf perturbed away from init, so biases,
+norm scales, conv and a_param all carry weight). Where the oracle is installed, tests/test_golden.py checks the
+stored numbers against recurrentgemma as well, so the file records verified values, not just old ones.
 """
 
 from pathlib import Path
 
 import numpy as np
+from strategies import tiny_model
 
-from minigriffin.config import make_config
 from minigriffin.convert import to_torch_state_dict
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
-from minigriffin.params import init_params, tree_map
+from minigriffin.params import tree_map
 
 PATH = Path(__file__).parent / "data" / "golden_griffin_tiny.npz"
+CASE = dict(preset="griffin-tiny", logits_soft_cap=30.0, embeddings_scale_by_sqrt_dim=True)
+SEED = 20240229
+SEGMENT_POS = np.array([list(range(12)), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])   # packed documents, W = 4 < T
 GRADS_KEPT = ("blocks.0.recurrent_block.rg_lru.a_param", "blocks.0.recurrent_block.conv_1d.w",
-              "blocks.2.attention_block.proj_q.weight", "blocks.1.mlp_block.ffw_down.bias", "final_norm.scale")
+              "blocks.0.recurrent_block.conv_1d.b", "blocks.0.recurrent_block.rg_lru.a_gate.b",
+              "blocks.2.attention_block.proj_q.weight", "blocks.1.mlp_block.ffw_down.bias",
+              "blocks.1.mlp_block.ffw_up.b", "final_norm.scale")
 SGD_STEPS, SGD_LR = 5, 0.5
+
+
+def setup():
+    """(cfg, params, tokens, targets, segment_pos) of the golden case."""
+    cfg, params, rng = tiny_model(CASE, "float64", SEED)
+    tokens = rng.integers(0, cfg.vocab_size, SEGMENT_POS.shape)
+    targets = rng.integers(0, cfg.vocab_size, SEGMENT_POS.shape)
+    return cfg, params, tokens, targets, SEGMENT_POS
 
 
 def compute():
     """Everything the golden file stores, recomputed with the current code."""
-    cfg = make_config("griffin-tiny", dtype="float64", scan_backend="reference", logits_soft_cap=30.0,
-                      embeddings_scale_by_sqrt_dim=True)
-    rng = np.random.default_rng(20240229)
-    params = init_params(cfg, rng)
-    segment_pos = np.array([list(range(12)), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])
-    tokens = rng.integers(0, cfg.vocab_size, segment_pos.shape)
-    targets = rng.integers(0, cfg.vocab_size, segment_pos.shape)
+    cfg, params, tokens, targets, segment_pos = setup()
 
     def loss_and_grads(params):
         logits, cache = model_forward(params, tokens, segment_pos, cfg)

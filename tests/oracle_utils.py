@@ -1,11 +1,13 @@
 """Helpers shared by the oracle tests: build recurrentgemma's PyTorch Griffin from a minigriffin config and
 params, and run it in exact float64.
 
-recurrentgemma keeps three float32 islands even in a float64 model (spec §12): the RG-LRU scan accumulator
-(`rnn_scan(acc_dtype=torch.float32)`), the RoPE inverse frequencies (built in torch's default dtype) and the
-attention softmax (`masked_logits.type(torch.float32)`). `exact_float64_torch()` patches all three for the
-duration of a test: a float64 default dtype, rnn_scan with acc_dtype=float64, and in modules.py a stand-in
-for the `torch` module whose `float32` is float64.
+recurrentgemma (1.0.1, PyTorch) keeps three float32 islands even in a float64 model: the RG-LRU scan
+accumulator (recurrentgemma/torch/layers.py: RGLRU.forward calls `rnn_scan`, whose `acc_dtype` defaults to
+torch.float32), the RoPE inverse frequencies (modules.py `_apply_rope` builds them with torch.arange, in
+torch's default dtype) and the attention softmax (modules.py LocalAttentionBlock.forward:
+`masked_logits.type(torch.float32)`). `exact_float64_torch()` patches all three for the duration of a test: a
+float64 default dtype, rnn_scan with acc_dtype=float64, and in modules.py a stand-in for the `torch` module
+whose `float32` is float64. docs/backprop.md §9 describes how the oracle tests use this.
 """
 
 import contextlib

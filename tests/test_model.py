@@ -1,10 +1,11 @@
 """The assembled model: configuration, initialisation, parameter counts, conversion to and from recurrentgemma's
-formats, the end-to-end gradient, input validation, and the committed golden file."""
+formats, the end-to-end gradient and input validation. (The committed golden file: tests/test_golden.py.)"""
 
 import dataclasses
 
 import numpy as np
 import pytest
+from strategies import tiny_model
 
 from minigriffin.config import PRESETS, GriffinConfig, config_from_dict, config_to_dict, make_config
 from minigriffin.convert import (config_from_params, from_flax_params, from_torch_state_dict, to_flax_params,
@@ -56,8 +57,10 @@ def test_config_is_frozen_and_round_trips_through_a_dict():
 
 
 # ---------------------------------------------------------------------------------- params and counts
-def test_parameter_counts_match_the_spec_and_the_formula():
-    """The §6.2 models (D = E = 64, F = 192, H = 4, V = 16, 5 blocks) have the counts recurrentgemma gives."""
+def test_parameter_counts_match_recurrentgemma_and_the_formula():
+    """Small models (D = E = 64, F = 192, H = 4, V = 16, 5 blocks) have the counts recurrentgemma gives: the
+    numbers below are sum(p.numel() for p in recurrentgemma.torch.Griffin(config).parameters()) for the
+    same shapes (recurrentgemma/torch/griffin.py Griffin)."""
     expected = {"hawk": 263_488, "griffin": 258_752, "mqa": 239_808}
     patterns = {"hawk": ("recurrent",) * 5, "griffin": ("recurrent", "recurrent", "attention", "recurrent",
                                                         "recurrent"), "mqa": ("attention",) * 5}
@@ -73,7 +76,10 @@ def test_parameter_counts_match_the_spec_and_the_formula():
 
 
 def test_initialisation_statistics():
-    """Normal weights with the spec §6 standard deviations, zero biases and norm scales, a in [0.9, 0.999]."""
+    """Normal weights with the standard deviations of recurrentgemma's reset_parameters (recurrentgemma/torch/
+    layers.py and modules.py, e.g. RGLRU.reset_parameters, MLPBlock.reset_parameters; minigriffin/params.py
+    init_params lists them), zero biases and norm scales, and a = sigmoid(-a_param) in [0.9, 0.999]
+    (layers.py rnn_param_init: a^2 uniform on [0.9^2, 0.999^2], "uniformly on a ring")."""
     cfg = make_config("griffin-small", dtype="float64")
     params = init_params(cfg, np.random.default_rng(0))
     D, E, F, L = cfg.width, cfg.lru_width, cfg.mlp_expanded_width, cfg.num_layers
@@ -91,11 +97,13 @@ def test_initialisation_statistics():
         assert abs(w.std() / std - 1) < 0.1, name                     # sampling error << 10% at these sizes
     assert not rec["linear_x"]["bias"].any() and not params["final_norm"]["scale"].any()
     a = 1 / (1 + np.exp(rec["rg_lru"]["a_param"]))
-    assert a.min() >= 0.9 - 1e-9 and a.max() <= 0.999 + 1e-9
+    assert a.min() >= 0.9 - 1e-9 and a.max() <= 0.999 + 1e-9           # float64, 1e-9 for the log/exp round trip
 
 
 def test_bfloat16_embedding_scale():
-    assert embedding_scale(2560) == 50.5 and embedding_scale(768) == 27.75       # spec §13 pitfall 2
+    # recurrentgemma/torch/modules.py Embedder.encode multiplies by sqrt(D) rounded to bfloat16 (the dtype it was
+    # trained in): sqrt(2560) = 50.596 becomes 50.5, sqrt(768) = 27.713 becomes 27.75 (exact, float)
+    assert embedding_scale(2560) == 50.5 and embedding_scale(768) == 27.75
     assert round_to_bfloat16(1.0) == 1.0 and round_to_bfloat16(256.0) == 256.0
 
 
@@ -110,11 +118,11 @@ def test_torch_and_flax_round_trips(preset):
     flax = to_flax_params(params)
     back2 = from_flax_params(flax)
     for (name, a), (_, b), (_, c) in zip(tree_leaves(params), tree_leaves(back), tree_leaves(back2)):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-        np.testing.assert_array_equal(a, c, err_msg=name)
+        np.testing.assert_array_equal(a, b, err_msg=name)       # float32, exact: renaming only
+        np.testing.assert_array_equal(a, c, err_msg=name)       # float32, exact: renaming and transposes
     if "recurrent" in cfg.block_types:   # flax kernels are the transpose of torch weights
         kernel = flax["params"]["blocks.0"]["recurrent_block"]["linear_x"]["kernel"]
-        np.testing.assert_array_equal(kernel, params["blocks"][0]["recurrent_block"]["linear_x"]["weight"].T)
+        np.testing.assert_array_equal(kernel, params["blocks"][0]["recurrent_block"]["linear_x"]["weight"].T)  # exact
     assert config_from_params(params, preset=preset) == cfg
 
 
@@ -128,11 +136,11 @@ def test_bad_state_dict_names_are_reported():
                                            ("mqa-tiny", {"use_rope": False})], ids=["hawk", "griffin", "mqa", "mqa-nope"])
 def test_model_gradient_matches_finite_differences(preset, extra):
     """End to end through the loss, sampled elements of every parameter (float64, fourth-order stencil,
-    step 1e-3: |num - ana| <= 1e-9 + 1e-6 |num|)."""
-    cfg = make_config(preset, dtype="float64", scan_backend="reference", logits_soft_cap=5.0,
-                      embeddings_scale_by_sqrt_dim=True, **extra)
-    rng = np.random.default_rng(0)
-    params = init_params(cfg, rng)
+    step 1e-3: |num - ana| <= 1e-9 + 1e-6 |num|). The weights are tiny_model's (tests/strategies.py): every
+    bias, norm scale and a_param perturbed away from init, so a derivative taken at the wrong point (say,
+    before a bias is added) shows."""
+    cfg, params, rng = tiny_model(dict(preset=preset, logits_soft_cap=5.0, embeddings_scale_by_sqrt_dim=True,
+                                       **extra), "float64", 0)
     tokens = rng.integers(0, cfg.vocab_size, SP.shape)
     targets = rng.integers(0, cfg.vocab_size, SP.shape)
 
@@ -172,14 +180,13 @@ def test_documents_do_not_leak_into_each_other():
     """Changing the first document of a packed row leaves the logits of the second unchanged (float64, 1e-13).
     (Not bitwise: matmuls over the whole row may round differently when other rows' values change.)"""
     for preset in ("hawk-tiny", "griffin-tiny", "mqa-tiny"):
-        cfg = make_config(preset, dtype="float64")
-        params = init_params(cfg, np.random.default_rng(0))
+        cfg, params, _ = tiny_model({"preset": preset}, "float64", 0)     # every bias and norm scale non-zero
         tokens = np.random.default_rng(1).integers(0, 256, SP.shape)
         logits, _ = model_forward(params, tokens, SP, cfg)
         tokens2 = tokens.copy()
         tokens2[1, :4] = (tokens2[1, :4] + 1) % 256             # row 1's first document is positions 0-3
         logits2, _ = model_forward(params, tokens2, SP, cfg)
-        np.testing.assert_allclose(logits2[1, 4:], logits[1, 4:], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(logits2[1, 4:], logits[1, 4:], rtol=1e-13, atol=1e-13)   # float64, 1e-13
         assert not np.allclose(logits2[1, :4], logits[1, :4])
 
 

@@ -1,6 +1,7 @@
 """RG-LRU and Conv1D against recurrentgemma's PyTorch layers, in float64 (float32 islands patched).
 
-Max relative error <= 1e-12 (float64; seen ~1e-15), including the capped sqrt derivative where 1 - a^2 is tiny.
+Max relative error <= 1e-12 (float64), including the capped sqrt derivative where 1 - a^2 is tiny. Seen: <= 1.7e-15
+for every output and gradient, except the a_param gradient of the capped case (extreme=True): 1.6e-13.
 """
 
 import numpy as np

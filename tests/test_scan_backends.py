@@ -1,7 +1,9 @@
 """Every available scan backend equals the NumPy reference, forward and backward (Hypothesis).
 
 Tolerances: tests/strategies.py RTOL, relative to each element's error scale (the same computation on
-absolute values): float64 1e-12, float32 2e-6 (da: twice that).
+absolute values, floored at the smallest normal number for underflow): float64 1e-12, float32 2e-6 (da: twice
+that). scan_cases draws a = 0, a = 1 exactly and a = 1 - 1e-k, and x, h0 of ordinary size, near the dtype's
+largest finite values or down to the smallest subnormal, so every backend meets them forward and backward.
 """
 
 import contextlib
@@ -97,7 +99,7 @@ def test_numba_chunked_equals_reference(case, parts, parallel, with_dh_last):
 
     parts 2-6 cut T into a head and 2-6 stretches, so Hypothesis's T (1-300, with T = 1, odd T and
     T = 1-9 drawn on purpose) covers T smaller than the stretch count (empty stretches and heads), and
-    h0, reverse, exact zeros and a = 1 - 1e-6 come from scan_cases. The carries between stretches are formed
+    h0, reverse, exact zeros, a = 1 and a = 1 - 1e-k, huge and subnormal magnitudes come from scan_cases. The carries between stretches are formed
     in another order than the loop's, so this path matches the reference to rounding, not bit for bit.
     """
     rng = np.random.default_rng(case.x.size)

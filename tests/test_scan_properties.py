@@ -1,7 +1,10 @@
 """Algebraic properties of the scan that any correct backend has: chunking, linearity, reversal, resets.
 
-Tolerances are those of tests/strategies.py (relative to each element's error scale; float64 1e-12).
+Tolerances are those of tests/strategies.py (relative to each element's error scale; float64 1e-12), except
+where a closed form allows exact or one-rounding comparisons (stated beside each assert).
 """
+
+import itertools
 
 import numpy as np
 import pytest
@@ -13,21 +16,22 @@ from strategies import RTOL, ScanCase, assert_within, forward_error_scale, scan_
 
 BACKENDS = available_backends()
 f64_cases = scan_cases(dtypes=(np.float64,))
+f64_cases_T2 = scan_cases(dtypes=(np.float64,), min_T=2)     # T >= 2: two non-empty chunks
 # Linear-combination weights; magnitudes below 1e-100 would push products into subnormals, where float64
 # loses relative precision and no relative tolerance can hold (Hypothesis found 5e-324).
 coefficients = st.floats(-3, 3).filter(lambda v: v == 0 or abs(v) > 1e-100)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(case=f64_cases, split=st.floats(0, 1))
+@given(case=f64_cases_T2, split=st.floats(0, 1))
 def test_chunking(backend, case, split):
-    """Scanning T steps == scanning T1 steps, then the remaining T2 starting from h_last (float64, 1e-12)."""
+    """Scanning T steps == scanning T1 steps, then the remaining T2 starting from h_last (float64, 1e-12).
+    T >= 2 and 1 <= T1 <= T - 1, so both chunks are non-empty and every example asserts."""
     x, a, h0, reverse = case
     T = x.shape[1]
-    T1 = min(T - 1, int(split * T)) if T > 1 else 0
+    T1 = 1 + min(T - 2, int(split * (T - 1)))                 # split 0 -> T1 = 1, split 1 -> T1 = T - 1
+    assert 1 <= T1 < T, (T, T1)
     h_full, last_full = linear_scan(x, a, h0, reverse=reverse, backend=backend)
-    if T1 == 0:
-        return
     # In reverse the scan starts at the end, so the first chunk is the tail of the sequence.
     first, second = (slice(T - T1, T), slice(0, T - T1)) if reverse else (slice(0, T1), slice(T1, T))
     h1, last1 = linear_scan(x[:, first].copy(), a[:, first].copy(), h0, reverse=reverse, backend=backend)
@@ -46,9 +50,12 @@ def test_linearity_in_x(backend, case, alpha, beta):
     combined, _ = linear_scan(alpha * x1 + beta * x2, a, reverse=reverse, backend=backend)
     h1, _ = linear_scan(x1, a, reverse=reverse, backend=backend)
     h2, _ = linear_scan(x2, a, reverse=reverse, backend=backend)
-    # error scale: |alpha| |x1| + |beta| |x2| pushed through the scan, plus the rounding of the combination
-    scale, _ = linear_scan(abs(alpha) * np.abs(x1) + abs(beta) * np.abs(x2), a, reverse=reverse, backend="reference")
-    assert_within(alpha * h1 + beta * h2, combined, 4 * scale, RTOL[x1.dtype], "linearity")
+    # error scale: |alpha| |x1| + |beta| |x2| pushed through the scan, plus the rounding of the combination,
+    # floored at the smallest normal number as in strategies.forward_error_scale (subnormal x1 after alpha *)
+    tiny = np.finfo(x1.dtype).tiny
+    scale, _ = linear_scan(abs(alpha) * np.abs(x1) + abs(beta) * np.abs(x2) + tiny, a, reverse=reverse,
+                           backend="reference")
+    assert_within(alpha * h1 + beta * h2, combined, 4 * (scale + tiny), RTOL[x1.dtype], "linearity")   # float64
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -95,14 +102,42 @@ def test_long_memory_gradient_survives(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_t_equals_one(backend):
-    """A single step (the decoding case) is h = a * h0 + x (float64, exact)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_t_equals_one(backend, dtype):
+    """A single step (the decoding case), forward and backward, against the closed form:
+        h = a h0 + x;   g = dh + dh_last;   dx = g,   da = g h0 (0 without h0),   dh0 = a g.
+    Each closed-form value takes at most two roundings, so the bound is eps = 2u (float32 1.2e-7, float64
+    2.2e-16) times the same expression on absolute values: exact up to the order of two operations (or a
+    fused multiply-add), while a missing or misplaced term is O(1)."""
     rng = np.random.default_rng(1)
-    x, a, h0 = rng.standard_normal((3, 1, 5)), rng.uniform(size=(3, 1, 5)), rng.standard_normal((3, 5))
-    for reverse in (False, True):
+    x, a = rng.standard_normal((3, 1, 5)).astype(dtype), rng.uniform(size=(3, 1, 5)).astype(dtype)
+    h0_drawn, dh = rng.standard_normal((3, 5)).astype(dtype), rng.standard_normal((3, 1, 5)).astype(dtype)
+    dh_last_drawn = rng.standard_normal((3, 5)).astype(dtype)
+    eps = np.finfo(dtype).eps
+    for reverse, with_h0, with_dh_last in itertools.product((False, True), repeat=3):
+        h0 = h0_drawn if with_h0 else None
+        dh_last = dh_last_drawn if with_dh_last else None
+        what = f"{backend} {np.dtype(dtype)} reverse={reverse} h0={with_h0} dh_last={with_dh_last}"
+        h0_or_0 = h0_drawn if with_h0 else np.zeros_like(h0_drawn)
         h, last = linear_scan(x, a, h0, reverse=reverse, backend=backend)
-        np.testing.assert_array_equal(h[:, 0], a[:, 0] * h0 + x[:, 0])   # float64, exact
-        np.testing.assert_array_equal(last, h[:, 0])
+        assert h.dtype == dtype and h.shape == x.shape
+        assert_within(h[:, 0], a[:, 0] * h0_or_0 + x[:, 0], a[:, 0] * np.abs(h0_or_0) + np.abs(x[:, 0]), eps,
+                      f"{what}: h")                                # float32/float64, eps * scale
+        np.testing.assert_array_equal(last, h[:, 0])               # float32/float64, exact: a copy
+
+        dx, da, dh0 = linear_scan_backward(dh, dh_last, a, h, h0, reverse=reverse, backend=backend)
+        g = dh[:, 0] + (0 if dh_last is None else dh_last)         # (B, D) the closed form
+        g_abs = np.abs(dh[:, 0]) + (0 if dh_last is None else np.abs(dh_last))
+        assert dx.dtype == da.dtype == dtype and dx.shape == da.shape == x.shape
+        assert_within(dx[:, 0], g, g_abs, eps, f"{what}: dx")    # float32/float64, eps * (|dh| + |dh_last|)
+        assert_within(da[:, 0], g * h0_or_0, g_abs * np.abs(h0_or_0), eps,
+                      f"{what}: da")                               # float32/float64, eps * scale (0 without h0)
+        if with_h0:
+            assert dh0.dtype == dtype
+            assert_within(dh0, a[:, 0] * g, a[:, 0] * g_abs, eps, f"{what}: dh0")   # float32/float64, eps * scale
+        else:
+            assert dh0 is None
+            np.testing.assert_array_equal(da, 0)                   # float32/float64, exact: no h0, no da
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,11 +148,11 @@ def test_out_buffer_is_used(backend):
     buf = np.empty_like(x)
     h, _ = linear_scan(x, a, backend=backend, out=buf)
     assert h is buf
-    np.testing.assert_array_equal(buf, linear_scan(x, a, backend=backend)[0])
+    np.testing.assert_array_equal(buf, linear_scan(x, a, backend=backend)[0])   # float64, exact
     dx_buf, da_buf = np.empty_like(x), np.empty_like(x)
     dh = rng.standard_normal(x.shape)
     dx, da, _ = linear_scan_backward(dh, None, a, h, backend=backend, out=(dx_buf, da_buf))
     assert dx is dx_buf and da is da_buf
     fresh = linear_scan_backward(dh, None, a, h, backend=backend)
-    np.testing.assert_array_equal(dx, fresh[0])
-    np.testing.assert_array_equal(da, fresh[1])
+    np.testing.assert_array_equal(dx, fresh[0])                                 # float64, exact
+    np.testing.assert_array_equal(da, fresh[1])                                 # float64, exact
