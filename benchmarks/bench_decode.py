@@ -8,7 +8,8 @@ recurrentgemma's PyTorch model on the same config.
 The cost of a decode step depends on the size of the cache, not on what is in it, so each measurement starts
 from a cache of the given context length filled with random keys, values and states (no 16k-token prefill).
 Griffin's window (128) and Hawk's state are fixed, so their caches do not grow; the MQA baseline attends
-globally, so its window is set to the context and it keeps every key. minigriffin decodes as generation does,
+globally (global_attention), so it keeps every key; recurrentgemma, which has no global flag, gets a window
+of the whole context. minigriffin decodes as generation does,
 each step continuing the state the previous one returned (its KV cache is appended to in place, so feeding
 one state again would copy it); the context therefore grows by one token per step, which for MQA keeps the
 window full at W = context. recurrentgemma's cache is a fixed-size ring buffer, so it is fed the same cache
@@ -31,7 +32,6 @@ instead of deciding the result.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -46,10 +46,7 @@ FAMILIES = ("hawk", "griffin", "mqa")
 
 def _cfg(family, context):
     from minigriffin.config import PRESETS
-    cfg = PRESETS[f"{family}-small"]
-    if family == "mqa":                                   # global attention: the window is the whole context
-        cfg = dataclasses.replace(cfg, attention_window_size=context)
-    return cfg
+    return PRESETS[f"{family}-small"]                     # mqa-small attends globally (global_attention)
 
 
 def _interleaved_medians(steppers, steps):
@@ -85,7 +82,7 @@ def _ours(family, context, batch):
     blocks = []
     for block in state.blocks:
         if isinstance(block, AttentionState):
-            n = min(cfg.attention_window_size, context)
+            n = context if cfg.global_attention else min(cfg.attention_window_size, context)
             shape = (batch, n, cfg.head_dim)
             blocks.append(AttentionState(rng.standard_normal(shape).astype(np.float32),
                                          rng.standard_normal(shape).astype(np.float32),
@@ -113,7 +110,8 @@ def _theirs(family, context, batch):
     from minigriffin.params import init_params
     torch.set_num_threads(2)
     cfg = _cfg(family, context)
-    model = torch_griffin(cfg, init_params(cfg, np.random.default_rng(0)))
+    # recurrentgemma has no global flag: the MQA baseline's window (and ring buffer) is the whole context
+    model = torch_griffin(cfg, init_params(cfg, np.random.default_rng(0)), global_window=context)
     cache = model.init_cache(batch, torch.float32)
     for name, block in cache.items():
         if hasattr(block, "num_tokens"):

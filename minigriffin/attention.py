@@ -27,7 +27,10 @@ Notebook: notebooks/03_local_attention_rope.ipynb
 import numbers
 from typing import NamedTuple
 
-from minigriffin.conv1d import document_ids as _doc_ids
+import numpy as np
+
+from minigriffin.conv1d import document_ids
+from minigriffin.kvcache import AttentionState, kv_append
 from minigriffin.layers import LinearCache, linear_backward, linear_forward
 from minigriffin.rope import RopeCache, rope_backward, rope_forward
 from minigriffin.xp import array_namespace
@@ -44,11 +47,13 @@ class AttentionCache(NamedTuple):
     proj_final: LinearCache   # holds o: (B, T, D)
     rope: RopeCache           # sin/cos (B, T, 1, Dh/4), shared by q and k (same positions, same Dh); None: NoPE
     q: object                 # (B, T, H, Dh) after RoPE (if any)
-    k: object                 # (B, T, Dh) after RoPE (if any)
-    v: object                 # (B, T, Dh)
+    k: object                 # (B, N+T, Dh) after RoPE (if any): the N carried keys of a state, then the chunk's
+    v: object                 # (B, N+T, Dh)
     probs: tuple              # per query block: (B, Tq, H, Tk) softmax probabilities, 0 where masked
     window: int
     block_size: int
+    carried: int = 0          # N: keys and values of a state in front of the chunk's (constants: no gradient)
+    state: object = None      # AttentionState after this chunk, when a state was given
 
 
 def default_block_size(window):
@@ -56,12 +61,14 @@ def default_block_size(window):
     return min(max(window, 32), 128)
 
 
-def _blocks(T, window, block_size):
-    """[(q0, q1, k0)]: query block [q0, q1) and the first key it can see, k0 = max(0, q0 - W)."""
-    return [(q0, min(q0 + block_size, T), max(0, q0 - window)) for q0 in range(0, T, block_size)]
+def _blocks(T, window, block_size, carried=0):
+    """[(q0, q1, k0)]: query block [q0, q1) and the first key it can see, k0 = max(0, q0 - W), in indices of
+    [carried keys, chunk] (the chunk's queries are [N, N + T))."""
+    N = carried
+    return [(q0, min(q0 + block_size, N + T), max(0, q0 - window)) for q0 in range(N, N + T, block_size)]
 
 
-def _mask_from_doc(doc, q_start, q_end, k_start, k_end, window):
+def mask_from_doc(doc, q_start, q_end, k_start, k_end, window):
     """The attention mask from precomputed document ids doc: (B, >= max(q_end, k_end)) -> (B, Tq, Tk)."""
     xp = array_namespace(doc)
     t = xp.arange(q_start, q_end)[:, None]                              # (Tq, 1) query array index
@@ -76,7 +83,7 @@ def attention_mask(segment_pos, q_start, q_end, k_start, k_end, window):
     segment_pos: (B, T) ints -> bool (B, Tq, Tk) for queries [q_start, q_end) and keys [k_start, k_end):
     key s is visible to query t iff same document, s <= t and t - s <= window (W + 1 keys incl. t itself).
     """
-    return _mask_from_doc(_doc_ids(segment_pos), q_start, q_end, k_start, k_end, window)
+    return mask_from_doc(document_ids(segment_pos), q_start, q_end, k_start, k_end, window)
 
 
 def _check_inputs(x, params, segment_pos, num_heads, window, block_size):
@@ -117,7 +124,8 @@ def _check_inputs(x, params, segment_pos, num_heads, window, block_size):
     return xp
 
 
-def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=None, rope=True):
+def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=None, rope=True, doc=None,
+                      state=None):
     """Local MQA with RoPE (Griffin §2.3; recurrentgemma LocalAttentionBlock), O(T * W) memory.
 
     x: (B, T, D) float32/float64; params: {"proj_q": {"weight": (D, D)}, "proj_k": {"weight": (Dh, D)},
@@ -125,6 +133,10 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
     num_heads: H; window: W >= 0 (W >= T is global attention); block_size: query rows per block (None:
     default_block_size(W); the result does not depend on it beyond rounding); rope: False leaves q and k
     unrotated (no positional encoding, "NoPE", the paper's §6.1 baseline). Returns out: (B, T, D), cache.
+    doc: optional (B, T) document ids instead of document_ids(segment_pos) (ids that continue across chunks).
+    state: an AttentionState (minigriffin.kvcache) whose N keys and values come before the chunk's: queries
+    then see [cached keys, chunk keys] under the same mask; the new state (the last min(W, N + T)) is
+    cache.state. Continuing in chunks gives the logits of one pass over the whole sequence.
     """
     xp = _check_inputs(x, params, segment_pos, num_heads, window, block_size)
     B, T, D = x.shape
@@ -140,24 +152,38 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
         q, rope_cache = rope_forward(q, segment_pos)                       # (B, T, H, Dh)
         k, _ = rope_forward(k, segment_pos)                                # (B, T, 1, Dh) same sin/cos as q
     k = k.reshape(B, T, Dh)                                                # (B, T, Dh) the single KV head
-    doc = _doc_ids(segment_pos)                                            # (B, T)
+    doc = document_ids(segment_pos) if doc is None else doc                # (B, T)
+    N = 0
+    if state is not None:                                                  # [cached keys, chunk keys]
+        N = state.keys.shape[1]
+        chunk_k, chunk_v, chunk_doc = k, v, doc
+        k = xp.concatenate([state.keys, k], axis=1)                        # (B, N+T, Dh)
+        v = xp.concatenate([state.values, v], axis=1)                      # (B, N+T, Dh)
+        doc = xp.concatenate([state.doc, doc], axis=1)                     # (B, N+T)
     min_logit = xp.asarray(MIN_LOGITS_VALUE, dtype=x.dtype)                # () keeps the softmax in x.dtype
     o = xp.empty_like(q)                                                   # (B, T, H, Dh)
     probs = []
-    for q0, q1, k0 in _blocks(T, window, Q):
+    for q0, q1, k0 in _blocks(T, window, Q, N):                            # q0, q1, k0: indices into k, v, doc
         Tq, Tk = q1 - q0, q1 - k0
         # MQA: all H heads share k, so (Tq, H) flatten into one batched matmul against (Dh, Tk).
-        logits = q[:, q0:q1].reshape(B, Tq * H, Dh) @ xp.swapaxes(k[:, k0:q1], 1, 2)   # (B, Tq*H, Tk)
+        logits = q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh) @ xp.swapaxes(k[:, k0:q1], 1, 2)   # (B, Tq*H, Tk)
         logits = (logits * scale).reshape(B, Tq, H, Tk)                   # (B, Tq, H, Tk)
-        mask = _mask_from_doc(doc, q0, q1, k0, q1, window)                 # (B, Tq, Tk)
+        mask = mask_from_doc(doc, q0, q1, k0, q1, window)                  # (B, Tq, Tk)
         logits = xp.where(mask[:, :, None, :], logits, min_logit)          # (B, Tq, H, Tk)
         p = xp.exp(logits - logits.max(axis=-1, keepdims=True))            # (B, Tq, H, Tk) 0 where masked
         p /= p.sum(axis=-1, keepdims=True)                                 # (B, Tq, H, Tk) softmax over keys
-        o[:, q0:q1] = (p.reshape(B, Tq * H, Tk) @ v[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
+        o[:, q0 - N:q1 - N] = (p.reshape(B, Tq * H, Tk) @ v[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
         probs.append(p)
     out, proj_final_cache = linear_forward(o.reshape(B, T, D), params["proj_final"])   # (B, T, D)
+    new_state = None
+    if state is not None:                       # keep the last min(W, N + T): all a later query can see
+        if xp is np:                            # appended in place into the state's KVBuffer
+            new_state = kv_append(state, chunk_k, chunk_v, chunk_doc, window)[3]
+        else:                                   # CuPy arrays: plain copies
+            start = N + T - min(window, N + T)
+            new_state = AttentionState(k[:, start:].copy(), v[:, start:].copy(), doc[:, start:].copy())
     cache = AttentionCache(proj_q_cache, proj_k_cache, proj_v_cache, proj_final_cache, rope_cache,
-                           q, k, v, tuple(probs), window, Q)
+                           q, k, v, tuple(probs), window, Q, N, new_state)
     return out, cache
 
 
@@ -165,19 +191,19 @@ def attention_backward(dout, cache):
     """dout: (B, T, D) -> dx: (B, T, D), grads: dict with the same keys and shapes as params. O(T * W) memory."""
     xp = array_namespace(dout)
     B, T, H, Dh = cache.q.shape
-    D = H * Dh
+    D, N = H * Dh, cache.carried
     scale = Dh ** -0.5
     # forward was: out = proj_final(o.reshape(B, T, D))
     do, grads_final = linear_backward(dout, cache.proj_final)             # (B, T, D)
     do = do.reshape(B, T, H, Dh)                                          # (B, T, H, Dh)
     dq = xp.zeros_like(cache.q)                                           # (B, T, H, Dh)
-    dk = xp.zeros_like(cache.k)                                           # (B, T, Dh) summed over query blocks
-    dv = xp.zeros_like(cache.v)                                           # (B, T, Dh) summed over query blocks
-    blocks = _blocks(T, window=cache.window, block_size=cache.block_size)
+    dk = xp.zeros_like(cache.k)                                           # (B, N+T, Dh) summed over query blocks
+    dv = xp.zeros_like(cache.v)                                           # (B, N+T, Dh) summed over query blocks
+    blocks = _blocks(T, window=cache.window, block_size=cache.block_size, carried=N)
     for (q0, q1, k0), p in reversed(list(zip(blocks, cache.probs))):
         Tq, Tk = q1 - q0, q1 - k0
         p = p.reshape(B, Tq * H, Tk)                                      # (B, Tq*H, Tk)
-        do_blk = do[:, q0:q1].reshape(B, Tq * H, Dh)                      # (B, Tq*H, Dh)
+        do_blk = do[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)              # (B, Tq*H, Dh)
         # forward was: o[q0:q1] = p @ v[k0:q1]  ->  dp = do v^T;  dv[k0:q1] += p^T do
         dv[:, k0:q1] += xp.swapaxes(p, 1, 2) @ do_blk                    # (B, Tk, Dh)
         dp = do_blk @ xp.swapaxes(cache.v[:, k0:q1], 1, 2)                # (B, Tq*H, Tk)
@@ -187,9 +213,10 @@ def attention_backward(dout, cache):
         #   there, so dlogits is already 0 and the mask need not be rebuilt.
         # forward was: logits = (q k^T) * scale  ->  dq = (dlogits * scale) k;  dk += (dlogits * scale)^T q
         dlogits *= scale
-        dq[:, q0:q1] = (dlogits @ cache.k[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
-        dk[:, k0:q1] += xp.swapaxes(dlogits, 1, 2) @ cache.q[:, q0:q1].reshape(B, Tq * H, Dh)   # (B, Tk, Dh)
+        dq[:, q0 - N:q1 - N] = (dlogits @ cache.k[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
+        dk[:, k0:q1] += xp.swapaxes(dlogits, 1, 2) @ cache.q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)   # (B, Tk, Dh)
     del do                                                                # done with it: lowers the peak memory
+    dk, dv = dk[:, N:], dv[:, N:]                                         # the carried keys are constants
     # forward was: k = rope(k.reshape(B, T, 1, Dh)).reshape(B, T, Dh);  q = rope(q.reshape(B, T, H, Dh))
     if cache.rope is not None:                                            # None: NoPE, q and k were not rotated
         dk = rope_backward(dk.reshape(B, T, 1, Dh), cache.rope).reshape(B, T, Dh)   # (B, T, Dh)

@@ -9,10 +9,11 @@ from typing import NamedTuple
 
 from minigriffin.attention import attention_backward, attention_forward
 from minigriffin.config import RECURRENT
-from minigriffin.conv1d import conv1d_backward, conv1d_forward
+from minigriffin.conv1d import Conv1DState, conv1d_backward, conv1d_forward
 from minigriffin.layers import (gelu_tanh_backward, gelu_tanh_forward, linear_backward, linear_forward,
                                 mlp_backward, mlp_forward, rmsnorm_backward, rmsnorm_forward)
 from minigriffin.rglru import rglru_backward, rglru_forward
+from minigriffin.state import RecurrentState
 
 
 class RecurrentBlockCache(NamedTuple):
@@ -24,18 +25,24 @@ class RecurrentBlockCache(NamedTuple):
     rglru: object
     u: object          # (B, T, E) RG-LRU output
     linear_out: object
+    state: object = None   # RecurrentState after this chunk, when a state was given
 
 
-def recurrent_block_forward(x, p, segment_pos, *, scan_backend="auto"):
-    """x: (B, T, D) -> out: (B, T, D), cache. p: {"linear_y", "linear_x", "linear_out", "conv_1d", "rg_lru"}."""
+def recurrent_block_forward(x, p, segment_pos, *, scan_backend="auto", doc=None, state=None):
+    """x: (B, T, D) -> out: (B, T, D), cache. p: {"linear_y", "linear_x", "linear_out", "conv_1d", "rg_lru"}.
+    doc: document ids (see conv1d_forward); state: a RecurrentState (RG-LRU h and the Conv1D's last inputs)
+    to continue from; the new one is cache.state."""
+    conv_state = None if state is None else Conv1DState(state.conv_x, state.conv_doc)
+    h0 = None if state is None else state.h
     y_pre, linear_y_cache = linear_forward(x, p["linear_y"])              # (B, T, E)
     y, gelu_cache = gelu_tanh_forward(y_pre)                               # (B, T, E)
     u_pre, linear_x_cache = linear_forward(x, p["linear_x"])              # (B, T, E)
-    u_conv, conv_cache = conv1d_forward(u_pre, p["conv_1d"], segment_pos)  # (B, T, E)
-    u, _, rglru_cache = rglru_forward(u_conv, p["rg_lru"], segment_pos, backend=scan_backend)   # (B, T, E)
+    u_conv, conv_cache = conv1d_forward(u_pre, p["conv_1d"], segment_pos, doc=doc, state=conv_state)  # (B, T, E)
+    u, h_last, rglru_cache = rglru_forward(u_conv, p["rg_lru"], segment_pos, h0=h0, backend=scan_backend)
     out, linear_out_cache = linear_forward(u * y, p["linear_out"])        # (B, T, D)
+    new_state = None if state is None else RecurrentState(h_last, conv_cache.state.x, conv_cache.state.doc)
     return out, RecurrentBlockCache(linear_y_cache, gelu_cache, y, linear_x_cache, conv_cache, rglru_cache,
-                                    u, linear_out_cache)
+                                    u, linear_out_cache, new_state)
 
 
 def recurrent_block_backward(dout, cache):
@@ -58,24 +65,26 @@ class ResidualBlockCache(NamedTuple):
     temporal: object
     channel_norm: object
     mlp: object
+    state: object = None   # the temporal block's state after this chunk, when a state was given
 
 
-def residual_block_forward(x, p, segment_pos, cfg):
-    """Pre-norm residual block. x: (B, T, D) -> (B, T, D). p holds the norms, the temporal block and "mlp_block"."""
+def residual_block_forward(x, p, segment_pos, cfg, *, doc=None, state=None):
+    """Pre-norm residual block. x: (B, T, D) -> (B, T, D). p holds the norms, the temporal block and "mlp_block".
+    doc, state: as for the temporal block (state: a RecurrentState or an AttentionState); new one: cache.state."""
     kind = RECURRENT if "recurrent_block" in p else "attention"
     normed, temporal_norm_cache = rmsnorm_forward(x, p["temporal_pre_norm"])
     if kind == RECURRENT:
         mixed, temporal_cache = recurrent_block_forward(normed, p["recurrent_block"], segment_pos,
-                                                        scan_backend=cfg.scan_backend)
+                                                        scan_backend=cfg.scan_backend, doc=doc, state=state)
     else:
         mixed, temporal_cache = attention_forward(normed, p["attention_block"], segment_pos,
                                                   num_heads=cfg.num_heads, window=cfg.window,
-                                                  rope=cfg.use_rope)
+                                                  rope=cfg.use_rope, doc=doc, state=state)
     residual = x + mixed                                                   # (B, T, D)
     normed2, channel_norm_cache = rmsnorm_forward(residual, p["channel_pre_norm"])
     mlp_out, mlp_cache = mlp_forward(normed2, p["mlp_block"])
     return residual + mlp_out, ResidualBlockCache(kind, temporal_norm_cache, temporal_cache,
-                                                  channel_norm_cache, mlp_cache)
+                                                  channel_norm_cache, mlp_cache, temporal_cache.state)
 
 
 def residual_block_backward(dout, cache):

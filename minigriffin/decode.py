@@ -1,6 +1,6 @@
 """The fused single-token decode step (T = 1) on NumPy arrays: a few Numba kernels per residual block.
 
-`minigriffin.inference.forward_chunk` runs these kernels (inference._decode_step) when it is given one token
+`minigriffin.inference.forward_chunk` runs these kernels (decode_step) when it is given one token
 per row and NumPy arrays; chunks of T > 1 and CuPy arrays take the plain array code there, which stays the reference. The
 computation is the same, operation for operation, as that reference (and so as `model.model_forward`):
 
@@ -8,7 +8,7 @@ computation is the same, operation for operation, as that reference (and so as `
                       mask, the RG-LRU gates and state update, linear_out, residual, RMSNorm, gated MLP, residual
     attention block   one kernel (_attention_block_rows): RMSNorm, q/k/v projections and RoPE, writing the
                       step's key and value straight into the slot reserved for them in the preallocated
-                      cache (inference._kv_reserve); one pass over the keys for the scaled, masked logits,
+                      cache (kvcache.kv_reserve); one pass over the keys for the scaled, masked logits,
                       minus their max, exp; one pass over the values for the sums and o = p V;
                       proj_final, residual, RMSNorm, gated MLP, residual. (A batch of one with long
                       contexts runs the attention in between as attention_core_split instead.)
@@ -50,10 +50,14 @@ from numba.extending import intrinsic
 
 from minigriffin.attention import MIN_LOGITS_VALUE
 from minigriffin.config import RECURRENT
+from minigriffin.head import embedding_forward, embedding_scale
+from minigriffin.kvcache import kv_reserve
 from minigriffin.layers import RMSNORM_EPS, _GELU_C
 from minigriffin.rglru import C as RGLRU_C
 from minigriffin.rglru import softplus
 from minigriffin.rope import MAX_WAVELENGTH
+from minigriffin.state import ModelState, RecurrentState
+from minigriffin.xp import array_namespace
 
 # Indices into the constants vector `cs` (one per dtype): scalars typed as the model dtype, so that float32
 # arithmetic stays float32 inside the kernels (a Python float literal would be float64 in Numba).
@@ -604,7 +608,7 @@ def _groups(B):
 
     Rows of the batch are independent in a decode step, so with B > 1 each thread can take a group of rows
     through all the blocks (run_rows), and the threads meet once, at the end: every attention block's cache
-    slot for the step is reserved before they start (inference._kv_reserve), so each group writes its own
+    slot for the step is reserved before they start (kvcache.kv_reserve), so each group writes its own
     rows' keys and values. Once per step matters: with a parallel region per kernel call (13 a step), each
     region waited for a descheduled thread whenever another process held a core, and steps took 10-30x
     longer on our shared VM. A batch of one uses the other threads inside long attention blocks instead
@@ -700,7 +704,7 @@ def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_
     for the logits (and the max over all runs, which every run then subtracts) and one for the runs' sums
     sum_s p_s and sum_s p_s v_s, which add up because every run used the same max; the exp on this
     thread between them. Call it from one Python thread at a time (Numba's workqueue layer forbids concurrent
-    parallel regions); inference._decode_step does, for B = 1 only. Numba's OpenMP threads spin for a while
+    parallel regions); decode_step does, for B = 1 only. Numba's OpenMP threads spin for a while
     after each region, so other busy threads of the same process lose that core meanwhile (batch-8 steps
     taking turns with batch-1 steps ran 2x slower, measured): one more reason the default is one thread."""
     B, H, Dh = q.shape
@@ -714,6 +718,74 @@ def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_
     _split_attend(logits, values, start, stop, cs, totals, sums, o)
 
 
-__all__ = ["DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "attention_core_split",
+def applies(params, tokens, segment_pos):
+    """Whether decode_step can run a forward_chunk call: one token per row, everything in NumPy arrays."""
+    return (tokens.shape[1] == 1 and array_namespace(params["embedder"]["input_embedding"]) is np
+            and array_namespace(tokens, segment_pos) is np)
+
+
+def decode_step(params, tokens, segment_pos, cfg, state):
+    """inference.forward_chunk for T = 1 on NumPy arrays (see `applies`): the kernels above, the same
+    computation as model.model_forward with a state. Returns logits (B, 1, V) and the new ModelState."""
+    plan = state.plan if plan_matches(state.plan, params) else make_plan(params, cfg)
+    cs = plan.constants
+    table = params["embedder"]["input_embedding"]                          # (V, D)
+    scale = embedding_scale(cfg.width) if cfg.embeddings_scale_by_sqrt_dim else None
+    x, _ = embedding_forward(tokens, table, scale)                         # (B, 1, D)
+    x = np.ascontiguousarray(x[:, 0])                                      # (B, D)
+    positions = segment_pos[:, 0]                                          # (B,)
+    reset = np.ascontiguousarray(positions == 0)                           # (B,) a document starts here
+    doc = state.doc + reset                                                # (B,) int64 its document id
+    B = x.shape[0]
+    n_groups = _groups(B)
+    sin = cos = None
+    new_blocks = []
+    # `work` lists the kernels of the step in order, each taking a group of rows [r0, r1). Every attention
+    # block's cache slot for this token is reserved here, before any kernel runs, so row groups can run the
+    # whole list in their own threads and meet once, at the end.
+    work = []
+    for kind, plan_block, block_state in zip(cfg.block_types, plan.blocks, state.blocks):
+        x_out = np.empty_like(x)                                           # (B, D)
+        if kind == RECURRENT:
+            new = RecurrentState(np.empty_like(block_state.h), np.empty_like(block_state.conv_x),
+                                 np.empty_like(block_state.conv_doc))
+            args = (x, reset, doc, _c(block_state.h), _c(block_state.conv_x),
+                    _c(block_state.conv_doc)) + plan_block + (cs, x_out) + tuple(new)
+            work.append(lambda r0, r1, args=args: _recurrent_rows(r0, r1, *args))
+        else:
+            if sin is None:                                                # (B, Dh/4) each, shared by all blocks
+                half = cfg.head_dim // 4 if cfg.use_rope else 0              # NoPE: rotate nothing
+                sin, cos = rope_sin_cos(positions, half, x.dtype)
+            H, Dh = cfg.num_heads, cfg.head_dim
+            keys, _, docs, new, _ = kv_reserve(block_state, 1, cfg.window)   # (B, N+1, ...)
+            buf = new.buffer                                               # the views end at buf.head
+            stop = buf.head
+            start = stop - keys.shape[1]
+            docs[:, -1] = doc                                              # the last entry is this token's slot
+            q = np.empty((B, H, Dh), x.dtype)
+            o = np.empty((B, H * Dh), x.dtype)                             # (B, D)
+            args_in = (x, sin, cos) + plan_block[0] + (cs, q, buf.keys[:, stop - 1], buf.values[:, stop - 1])
+            cache = (buf.keys, buf.values, buf.doc, start, stop, doc)      # kernels take whole buffers
+            n_parts = split_parts(stop - start) if n_groups == 1 else 1   # a batch of one: split keys
+            if n_parts > 1:                                                # three calls, the middle one parallel
+                core = (q,) + cache + (cs, o, n_parts)
+                out = (x, o) + plan_block[1] + (cs, x_out)
+                work.append(lambda r0, r1, a=args_in: _attention_in_rows(r0, r1, *a))
+                work.append(lambda r0, r1, a=core: attention_core_split(*a))
+                work.append(lambda r0, r1, a=out: _attention_out_rows(r0, r1, *a))
+            else:                                                          # one call per row group
+                whole = args_in + cache + (o,) + plan_block[1] + (x_out,)
+                work.append(lambda r0, r1, a=whole: _attention_block_rows(r0, r1, *a))
+        new_blocks.append(new)
+        x = x_out
+    logits = np.empty((B, plan.table_t.shape[1]), x.dtype)                 # (B, V)
+    head_args = (x, plan.final_scale, plan.table_t, cs, logits)
+    work.append(lambda r0, r1: _head_rows(r0, r1, *head_args))
+    run_rows(n_groups, B, lambda r0, r1: [step(r0, r1) for step in work])
+    logits = logits[:, None]                                               # (B, 1, V)
+    return logits, ModelState(tuple(new_blocks), doc, state.num_tokens + 1, plan)
+
+
+__all__ = ["applies", "decode_step", "DecodePlan", "make_plan", "plan_matches", "rope_sin_cos", "attention_core_rows", "attention_core_split",
            "split_parts", "run_rows", "decode_threads"]
 

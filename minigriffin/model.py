@@ -19,6 +19,7 @@ from minigriffin.blocks import residual_block_backward, residual_block_forward
 from minigriffin.head import (embedding_backward, embedding_forward, embedding_scale, softcap_backward,
                               softcap_forward)
 from minigriffin.layers import rmsnorm_backward, rmsnorm_forward
+from minigriffin.state import ModelState, check_state
 from minigriffin.xp import array_namespace
 
 
@@ -29,9 +30,10 @@ class ModelCache(NamedTuple):
     normed: object       # (B, T, D) final-normed activations (input of the tied head)
     table: object        # (V, D) the embedding table
     softcap: object
+    state: object = None # ModelState after these tokens, when a state was given
 
 
-def _check_inputs(params, tokens, segment_pos, cfg):
+def check_inputs(params, tokens, segment_pos, cfg):
     table = params["embedder"]["input_embedding"]
     if table.dtype != np.dtype(cfg.dtype):
         raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; cast with params.tree_cast")
@@ -46,21 +48,38 @@ def _check_inputs(params, tokens, segment_pos, cfg):
         raise ValueError("tokens has T=0: nothing to run")
 
 
-def model_forward(params, tokens, segment_pos, cfg):
+def model_forward(params, tokens, segment_pos, cfg, state=None):
     """tokens, segment_pos: (B, T) ints (segment_pos = position within the document, 0 at a start).
-    Returns logits: (B, T, V) in cfg.dtype and the cache for model_backward."""
-    _check_inputs(params, tokens, segment_pos, cfg)
+    Returns logits: (B, T, V) in cfg.dtype and the cache for model_backward.
+
+    state: a ModelState (minigriffin.state.init_state, or cache.state of the previous call) to continue a
+    sequence from: its chunks then give the logits of one call on the whole sequence (segment_pos continues
+    across chunks, and a 0 anywhere still starts a document); the new state is cache.state. This is the one
+    forward pass for training, chunked evaluation, prefill and sampling (minigriffin.inference wraps it)."""
+    check_inputs(params, tokens, segment_pos, cfg)
+    xp = array_namespace(tokens, segment_pos)
+    if state is not None:
+        check_state(state, cfg, tokens.shape[0])
+    # Document ids, continuing from the state's last token: taps and attention join only equal ids.
+    start = 0 if state is None else state.doc[:, None]
+    doc = start + xp.cumsum(segment_pos == 0, axis=1)                      # (B, T)
     table = params["embedder"]["input_embedding"]                          # (V, D)
     scale = embedding_scale(cfg.width) if cfg.embeddings_scale_by_sqrt_dim else None
     x, embedding_cache = embedding_forward(tokens, table, scale)           # (B, T, D)
     block_caches = []
-    for p in params["blocks"]:
-        x, block_cache = residual_block_forward(x, p, segment_pos, cfg)    # (B, T, D)
+    block_states = (None,) * cfg.num_layers if state is None else state.blocks
+    for p, block_state in zip(params["blocks"], block_states):
+        x, block_cache = residual_block_forward(x, p, segment_pos, cfg, doc=doc, state=block_state)  # (B, T, D)
         block_caches.append(block_cache)
     normed, final_norm_cache = rmsnorm_forward(x, params["final_norm"])   # (B, T, D)
     logits = normed @ table.T                                              # (B, T, V) tied head
     logits, softcap_cache = softcap_forward(logits, cfg.logits_soft_cap)
-    return logits, ModelCache(embedding_cache, block_caches, final_norm_cache, normed, table, softcap_cache)
+    new_state = None
+    if state is not None:
+        new_state = ModelState(tuple(c.state for c in block_caches), doc[:, -1].copy(),
+                               state.num_tokens + tokens.shape[1], state.plan)
+    return logits, ModelCache(embedding_cache, block_caches, final_norm_cache, normed, table, softcap_cache,
+                              new_state)
 
 
 def model_backward(dlogits, cache):

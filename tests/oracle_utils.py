@@ -49,8 +49,10 @@ def exact_float64_torch():
 ORACLE_MAX_LEN = 1024     # no oracle test feeds a longer sequence (or prompt plus decoded tokens)
 
 
-def torch_griffin(cfg, params):
-    """recurrentgemma.torch.Griffin with cfg's shapes and our params loaded (dtype from cfg)."""
+def torch_griffin(cfg, params, global_window=ORACLE_MAX_LEN):
+    """recurrentgemma.torch.Griffin with cfg's shapes and our params loaded (dtype from cfg). A model with
+    global attention gets the window global_window, which must be at least the longest sequence fed to it
+    (recurrentgemma has no global flag; its decode cache is a ring buffer of that many keys)."""
     if cfg.num_gate_blocks not in (None, cfg.num_heads):
         raise ValueError("recurrentgemma ties the RG-LRU gate blocks to num_heads")
     if not cfg.use_rope:
@@ -63,7 +65,7 @@ def torch_griffin(cfg, params):
         embeddings_scale_by_sqrt_dim=cfg.embeddings_scale_by_sqrt_dim,
         # recurrentgemma has no global flag: a global-attention model gets a window longer than any sequence
         # the oracle tests feed (ORACLE_MAX_LEN), which masks nothing, as our GLOBAL_WINDOW does
-        attention_window_size=ORACLE_MAX_LEN if cfg.global_attention else cfg.attention_window_size,
+        attention_window_size=global_window if cfg.global_attention else cfg.attention_window_size,
         logits_soft_cap=cfg.logits_soft_cap,
         lru_width=cfg.lru_width)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
