@@ -42,7 +42,7 @@ def best_time(fn, repeats, sync=lambda: None):
 def sgemm_flops(n=1024, repeats=5, device="cpu"):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     if device == "gpu":
-        from minigriffin.xp import device_namespace
+        from minigriffin.device import device_namespace
         cupy = device_namespace("gpu")                     # DeviceUnavailable says why when there is no GPU
         a = cupy.asarray(a)
         return 2 * n**3 / best_time(lambda: a @ a, repeats, cupy.cuda.Device().synchronize)
@@ -120,7 +120,8 @@ def _measure(args):
     sync = lambda: None  # noqa: E731
     if args.measure == "minigriffin":
         if args.device == "gpu":
-            from minigriffin.xp import device_namespace, to_device
+            from minigriffin.device import device_namespace
+            from minigriffin.tree import to_device
             cupy = device_namespace("gpu")                 # a clear error when there is no usable GPU
             params, tokens, segment_pos, targets = to_device([params, tokens, segment_pos, targets], cupy)
             sync = cupy.cuda.Device().synchronize

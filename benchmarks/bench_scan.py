@@ -70,7 +70,7 @@ def machine_description():
 
 def bench_shape_gpu(shape, repeats, dtype=np.float32, seed=0):
     """Forward and forward+backward of the cupy backend, and a device-to-device copy of one array."""
-    from minigriffin.xp import device_namespace
+    from minigriffin.device import device_namespace
     cupy = device_namespace("gpu")                       # a clear error when there is no usable GPU
     rng = np.random.default_rng(seed)
     x = cupy.asarray(rng.standard_normal(shape).astype(dtype))     # (B, T, D)
@@ -94,7 +94,7 @@ def bench_shape_gpu(shape, repeats, dtype=np.float32, seed=0):
 
 
 def main_gpu(args):
-    from minigriffin.xp import device_namespace
+    from minigriffin.device import device_namespace
     cupy = device_namespace("gpu")                       # DeviceUnavailable says why when there is no GPU
     props = cupy.cuda.runtime.getDeviceProperties(0)
     print(f"device: {props['name'].decode()}; cupy {cupy.__version__}; CUDA runtime "

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minigriffin.gradcheck import tree_leaves
-from minigriffin.xp import to_host
+from minigriffin.config import config_from_dict
+from minigriffin.tree import to_host, tree_leaves, unflatten
 
 FORMAT_VERSION = 1
 
@@ -53,31 +53,6 @@ def _flatten(prefix, tree):
     """{"prefix/dotted.path": NumPy array}: device (CuPy) arrays are copied to the host, so a checkpoint is the
     same file whichever device trained it, and any device can resume it (the Trainer moves it back)."""
     return {f"{prefix}/{path}": to_host(arr) for path, arr in tree_leaves(tree)}
-
-
-def unflatten(flat):
-    """Nested params from {dotted path: array}; numeric keys under "blocks" become list indices."""
-    tree = {}
-    for path, arr in flat.items():
-        node, keys = tree, path.split(".")
-        for key, nxt in zip(keys[:-1], keys[1:]):
-            key = int(key) if key.isdigit() else key
-            if isinstance(node, list):
-                while len(node) <= key:
-                    node.append(None)
-                if node[key] is None:
-                    node[key] = [] if nxt.isdigit() else {}
-                node = node[key]
-            else:
-                node = node.setdefault(key, [] if nxt.isdigit() else {})
-        last = keys[-1]
-        if isinstance(node, list):
-            while len(node) <= int(last):
-                node.append(None)
-            node[int(last)] = arr
-        else:
-            node[last] = arr
-    return tree
 
 
 def _write_error(path, exc):
@@ -173,3 +148,10 @@ def load_checkpoint(path):
             raise CheckpointError(f"{path} has an unexpected entry {name!r}")
         groups[group][dotted] = arr
     return unflatten(groups["param"]), unflatten(groups["adam_m"]), unflatten(groups["adam_v"]), meta
+
+
+def load_run(run_dir, checkpoint="best"):
+    """(params, model config, meta) of checkpoints/<checkpoint>.npz in a run folder ("best" or "last"), for
+    sampling and evaluation; the model is rebuilt exactly as it was trained."""
+    params, _, _, meta = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.npz")
+    return params, config_from_dict(meta["model_config"]), meta

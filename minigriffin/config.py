@@ -67,9 +67,9 @@ class GriffinConfig:
         bad = [t for t in self.block_types if t not in (RECURRENT, ATTENTION)]
         if bad or not self.block_types:
             raise ValueError(f"block_types must be a non-empty tuple of {RECURRENT!r}/{ATTENTION!r}, got {bad}")
-        from minigriffin.scan import _REGISTRY          # light: no backend is imported
-        if self.scan_backend not in ("auto", *_REGISTRY):
-            raise ValueError(f"scan_backend must be one of {['auto', *_REGISTRY]}, got {self.scan_backend!r}")
+        from minigriffin.scan import backend_names      # light: no backend is imported
+        if self.scan_backend not in ("auto", *backend_names()):
+            raise ValueError(f"scan_backend must be one of {['auto', *backend_names()]}, got {self.scan_backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.attention_window_size > GLOBAL_WINDOW:

@@ -14,7 +14,7 @@ stores dense kernels as (in, out), the transpose; recurrentgemma/conversion.py d
 import numpy as np
 
 from minigriffin.config import ATTENTION, RECURRENT, make_config, replace
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.tree import tree_leaves
 
 _BLOCK_KEYS = ("temporal_pre_norm", "channel_pre_norm", "recurrent_block", "attention_block", "mlp_block")
 

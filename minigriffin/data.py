@@ -3,7 +3,8 @@
 A corpus is a folder of UTF-8 .txt files, one document (book) each: either `train/` and `valid/` subfolders
 (the books corpus, e.g. what `minigriffin.gutenberg.download_books` writes), or a flat folder that
 `load_corpus` splits by book. The documents of a split are concatenated into one token stream, written once
-to a cache folder and memmapped, so a 30 MB corpus costs no RAM and a second load reads no book.
+to a cache folder and memmapped (minigriffin.tokencache), so a corpus costs no RAM and a second load reads no
+book.
 
 Training windows are packed across documents, as in Griffin (De, Smith et al. 2024): `segment_pos` restarts
 at 0 at each document start (the RG-LRU and the attention reset there), and `mask` drops the one target per
@@ -11,19 +12,13 @@ boundary that would ask a book's last byte to predict the next book's first byte
 Shape letters: docs/conventions.md (B batch, T sequence length, N tokens in a split).
 """
 
-import contextlib
-import hashlib
-import json
 import os
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-_CACHE_FORMAT = 2      # bump when the layout of the token cache changes: old entries are then ignored
+from minigriffin.tokencache import cached_split
 
 
 class ByteTokenizer:
@@ -75,44 +70,6 @@ def default_cache_dir():
     return Path.home() / ".cache" / "minigriffin"
 
 
-def atomic_write(path, chunks):
-    """Write an iterable of bytes to path atomically: temp file in the same folder, fsync, os.replace.
-
-    A crash (or an exception raised by `chunks`) leaves either the old file or none, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); books and caches follow the umask
-        for attempt in range(5):
-            try:
-                os.replace(tmp, path)
-                break
-            except PermissionError:   # Windows: an antivirus or indexer holding the target; retry briefly
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if os.name == "posix":            # make the rename itself durable (best effort)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-
 def _list_books(folder):
     """The sorted .txt files of folder (hidden files ignored); ValueError naming the folder if there are none."""
     if not folder.exists():
@@ -127,107 +84,6 @@ def _list_books(folder):
         found = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ValueError(f"data folder {folder} has no .txt files (found: {found})")
     return books
-
-
-def _read_document(path, tokenizer):
-    """Tokens of one book; ValueError naming the file if it is empty or not valid UTF-8."""
-    raw = path.read_bytes()
-    if not raw:
-        raise ValueError(f"{path} is empty (0 bytes); remove it or put text in it")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
-                         f"({exc.reason}); re-save the file as UTF-8") from None
-    return np.asarray(tokenizer.encode(text))                                        # (n,)
-
-
-def _token_dtype(tokenizer):
-    return np.dtype(np.uint8 if tokenizer.vocab_size <= 256 else
-                    np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
-
-
-def _entry_digest(token_chunks, names, doc_starts):
-    """blake2b of a cache entry: its token bytes, then its names and document boundaries (~1 GB/s)."""
-    h = hashlib.blake2b(digest_size=32)
-    for chunk in token_chunks:
-        h.update(chunk)
-    h.update(json.dumps([list(names), [int(s) for s in doc_starts]]).encode())
-    return h.hexdigest()
-
-
-def _file_chunks(path, size=1 << 22):
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-def _check_entry(tokens_path, meta_path, names, tokenizer, dtype):
-    """(metadata, None) if the cache entry is complete and intact, (None, None) if there is no entry, else
-    (None, what is wrong with it, naming the file)."""
-    if not meta_path.exists() and not tokens_path.exists():
-        return None, None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        doc_starts, digest = meta["doc_starts"], meta["blake2b"]
-        expected = int(doc_starts[-1]) * dtype.itemsize
-    except FileNotFoundError:
-        return None, f"{meta_path} is missing (a build that did not finish)"
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:    # JSONDecodeError is a ValueError
-        return None, f"{meta_path} is not valid cache metadata ({type(exc).__name__}: {exc})"
-    if meta.get("format") != _CACHE_FORMAT or meta.get("tokenizer") != tokenizer.name or meta.get("names") != names:
-        return None, f"{meta_path} describes other books ({meta.get('names')}, {meta.get('tokenizer')})"
-    try:
-        size = tokens_path.stat().st_size
-        if size != expected:
-            return None, f"{tokens_path} has {size} bytes where its metadata says {expected} (truncated?)"
-        if _entry_digest(_file_chunks(tokens_path), names, doc_starts) != digest:
-            return None, f"{tokens_path} and {meta_path} do not match their checksum (changed bytes)"
-    except FileNotFoundError:
-        return None, f"{tokens_path} is missing"
-    except (OSError, ValueError, TypeError) as exc:
-        return None, f"{tokens_path} cannot be checked ({type(exc).__name__}: {exc})"
-    return meta, None
-
-
-def _cached_split(name, files, cache_root, tokenizer):
-    """Memmap the token stream of files, building the cache entry once.
-
-    An entry is keyed by the books' names, sizes, mtimes and ctimes (a book rewritten with its size and mtime
-    restored still has a new ctime, which nothing can set back), and its metadata holds a blake2b of the token
-    bytes, names and document boundaries, checked at every load (about 30 ms for a 30 MB corpus): a truncated,
-    changed or mismatched entry is rebuilt from the books, saying so on stderr, never used."""
-    stats = [(p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for p in files for st in [p.stat()]]
-    key_src = json.dumps({"format": _CACHE_FORMAT, "tokenizer": tokenizer.name, "files": stats})
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    folder = Path(cache_root) / "tokens"
-    tokens_path, meta_path = folder / f"{key}.tokens", folder / f"{key}.json"
-    dtype = _token_dtype(tokenizer)
-    names = [p.name for p in files]
-    meta, problem = _check_entry(tokens_path, meta_path, names, tokenizer, dtype)
-    if problem:
-        print(f"minigriffin: the token cache of the {name} books is damaged: {problem}; rebuilding it from the "
-              f"books", file=sys.stderr, flush=True)
-    if meta is None:
-        lengths, h = [], hashlib.blake2b(digest_size=32)
-
-        def chunks():
-            for path in files:
-                tokens = _read_document(path, tokenizer).astype(dtype, copy=False)   # (n,)
-                lengths.append(int(tokens.size))
-                raw = tokens.tobytes()
-                h.update(raw)
-                yield raw
-
-        atomic_write(tokens_path, chunks())            # the tokens first: the metadata marks the entry complete
-        doc_starts = [0, *np.cumsum(lengths, dtype=np.int64).tolist()]
-        h.update(json.dumps([names, doc_starts]).encode())                      # as _entry_digest does
-        meta = {"format": _CACHE_FORMAT, "tokenizer": tokenizer.name, "names": names, "doc_starts": doc_starts,
-                "blake2b": h.hexdigest()}
-        atomic_write(meta_path, [json.dumps(meta).encode()])
-    tokens = np.memmap(tokens_path, dtype=dtype, mode="r")                          # (N,) read-only
-    doc_starts = np.asarray(meta["doc_starts"], dtype=np.int64)                     # (n_docs + 1,)
-    return TokenSplit(tokens, doc_starts, tuple(meta["names"]), name)
 
 
 def load_corpus(data_dir, *, cache_dir=None, valid_fraction=0.1, tokenizer=None):
@@ -263,8 +119,8 @@ def load_corpus(data_dir, *, cache_dir=None, valid_fraction=0.1, tokenizer=None)
         train_files = [p for p, v in zip(books, is_valid) if not v]
         valid_files = [p for p, v in zip(books, is_valid) if v]
     cache_root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    return Corpus(_cached_split("train", train_files, cache_root, tokenizer),
-                  _cached_split("valid", valid_files, cache_root, tokenizer))
+    return Corpus(TokenSplit(*cached_split(train_files, cache_root, tokenizer, "train"), "train"),
+                  TokenSplit(*cached_split(valid_files, cache_root, tokenizer, "valid"), "valid"))
 
 
 def _check_batch_args(split, batch_size, seq_len):

@@ -52,7 +52,7 @@ from minigriffin.attention import MIN_LOGITS_VALUE
 from minigriffin.config import RECURRENT
 from minigriffin.head import embedding_forward, embedding_scale
 from minigriffin.kvcache import kv_reserve
-from minigriffin.layers import RMSNORM_EPS, _GELU_C
+from minigriffin.layers import GELU_C as _GELU_C, RMSNORM_EPS   # decode.GELU_C is an index into cs
 from minigriffin.rglru import C as RGLRU_C
 from minigriffin.rglru import softplus
 from minigriffin.rope import MAX_WAVELENGTH

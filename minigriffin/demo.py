@@ -19,30 +19,42 @@ def _best_ms(fn, repeats):
     return best * 1e3
 
 
-DEMO_STEPS = 300          # about 3 minutes for griffin-small on a 2-core laptop CPU (docs/benchmarks.md)
+DEMO_STEPS = 300          # a few minutes for griffin-small on a 2-core laptop CPU (docs/benchmarks.md)
+SAMPLE_PROMPT = "It was "
 
 
 def run_training_demo(data_dir=None, run_dir=None, steps=DEMO_STEPS, quick=False):
-    """Train griffin-small (griffin-tiny with quick=True), then sample and plot. Returns the exit code."""
-    import time
+    """Train griffin-small (griffin-tiny with quick=True), then sample and plot. Returns the exit code.
 
-    from minigriffin.cli import main
+    The same steps as `minigriffin train`, `minigriffin sample` and `minigriffin plot` with the settings below,
+    through the library: the Trainer, generate and plot_runs."""
+    from minigriffin.checkpoint import load_run
+    from minigriffin.config import TrainConfig, make_config
+    from minigriffin.data import ByteTokenizer, load_corpus
+    from minigriffin.gutenberg import resolve_data_dir
+    from minigriffin.plots import plot_runs
+    from minigriffin.sample import generate
+    from minigriffin.train import EXIT_INTERRUPTED, Trainer, run_and_report
+
     run_dir = run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    preset, size = ("griffin-tiny", ["--batch_size=2", "--seq_len=32"]) if quick else \
-        ("griffin-small", ["--batch_size=8", "--seq_len=128"])
-    argv = ["train", "--preset", preset, "--run-dir", run_dir, f"--max_steps={steps}",
-            f"--eval_every={max(1, steps // 3)}", f"--checkpoint_every={max(1, steps // 3)}", "--warmup_steps=30",
-            "--lr=3e-3", "--eval_batches=4", *size]
-    if data_dir:
-        argv += ["--data-dir", str(data_dir)]
+    preset, (batch_size, seq_len) = ("griffin-tiny", (2, 32)) if quick else ("griffin-small", (8, 128))
+    train_cfg = TrainConfig(batch_size=batch_size, seq_len=seq_len, max_steps=steps, eval_every=max(1, steps // 3),
+                            checkpoint_every=max(1, steps // 3), warmup_steps=30, lr=3e-3, eval_batches=4)
     print(f"== training {preset} for {steps} steps (Ctrl-C stops early and keeps a checkpoint)", flush=True)
-    code = main(argv)
-    if code not in (0, 130):
+    data_dir = resolve_data_dir(data_dir and str(data_dir))
+    trainer = Trainer(run_dir, make_config(preset), train_cfg, data_dir, load_corpus(data_dir))
+    trainer.start_fresh()
+    code = run_and_report(trainer)
+    if code not in (0, EXIT_INTERRUPTED):
         return code
-    print("\n== a sample from the best checkpoint (prompt: 'It was ')", flush=True)
-    main(["sample", run_dir, "--prompt", "It was ", "--max-new-tokens", "40" if quick else "300"])
+    print(f"\n== a sample from the best checkpoint (prompt: {SAMPLE_PROMPT!r})", flush=True)
+    params, cfg, _ = load_run(run_dir, "best")
+    tokenizer = ByteTokenizer()
+    prompt = tokenizer.encode(SAMPLE_PROMPT)[None].astype(np.int64)                 # (1, P)
+    out = generate(params, cfg, prompt, 40 if quick else 300, np.random.default_rng(0), temperature=0.8)
+    print(tokenizer.decode(out[0]))
     print("\n== loss curve", flush=True)
-    main(["plot", run_dir])
+    print(f"wrote {plot_runs([run_dir])}")
     print(f"\nEverything is in {run_dir}/: config.json, metrics.jsonl, loss.png, checkpoints/{{best,last}}.npz")
     print(f"Continue training:   minigriffin train --resume {run_dir} --max_steps={2 * steps}")
     print(f"Sample again:        minigriffin sample {run_dir} --prompt 'Once upon a time'")

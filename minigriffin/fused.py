@@ -4,9 +4,9 @@ After the matmuls, a step's time goes to chains of elementwise NumPy operations,
 writes a whole (B, T, F) array: GeLU's backward is ten such passes, the RG-LRU's backward about twenty.
 The readable NumPy versions in layers.py and rglru.py remain the definition (and the code CuPy arrays run);
 for NumPy arrays, these kernels compute the same expressions in one pass over memory. The one thing they
-leave to NumPy is tanh: NumPy's is vectorised (SIMD), while a tanh inside a Numba loop is a scalar libm call
-several times slower (measured: 93 ms against 14 ms for a GeLU over (4096, 768) float32). So GeLU's forward is
-a Numba pass for the polynomial, NumPy's tanh in place, and a Numba pass for the rest: 3 passes, not 8.
+leave to NumPy is tanh: NumPy's is vectorised (SIMD), while a tanh inside a Numba loop is a scalar libm call,
+several times slower (docs/benchmarks.md). So GeLU's forward is a Numba pass for the polynomial, NumPy's tanh
+in place, and a Numba pass for the rest: 3 passes, not 8.
 
 Rules for every kernel here:
   - no `fastmath`: each multiply and add is IEEE, as in NumPy (the order may differ, so float64 results agree
@@ -55,8 +55,8 @@ def _kernels():
     bodies = {"gelu_inner": _gelu_inner_body, "gelu_outer": _gelu_outer_body, "gelu_backward": _gelu_backward_body,
               "gate_outer": _gate_outer_body, "gate_backward": _gate_backward_body,
               "rglru_backward": _rglru_backward_body}
-    from minigriffin.scan.numba_cpu import _variant   # a renamed copy per build: its own on-disk cache entry
-    return {name: (_variant(body, "_serial"), _variant(body, "_parallel", parallel=True))
+    from minigriffin.scan.numba_kernels import variant   # a renamed copy per build: its own on-disk cache entry
+    return {name: (variant(body, "_serial"), variant(body, "_parallel", parallel=True))
             for name, body in bodies.items()}
 
 

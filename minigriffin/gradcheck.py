@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minigriffin.tree import tree_leaves
+
 EPS = 1e-6   # finite-difference step; float64 central differences then err ~ EPS² f''' + 1e-16 |f| / EPS
 
 
@@ -26,15 +28,6 @@ def rel_error(x, y):
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     denom = np.max(np.abs(x) + np.abs(y)) if x.size else 0.0
     return 0.0 if denom == 0 else float(np.max(np.abs(x - y)) / denom)
-
-
-def tree_leaves(tree, prefix=""):
-    """[(dotted path, array)] for every array in a nested dict / list / tuple, in a stable order."""
-    if isinstance(tree, dict):
-        return [leaf for key in tree for leaf in tree_leaves(tree[key], f"{prefix}{key}.")]
-    if isinstance(tree, (list, tuple)):
-        return [leaf for i, sub in enumerate(tree) for leaf in tree_leaves(sub, f"{prefix}{i}.")]
-    return [(prefix[:-1], tree)]
 
 
 def _as_tuple(outputs, douts):

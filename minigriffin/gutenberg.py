@@ -4,13 +4,15 @@ The list is the one behind the books corpus the results in docs/ were measured o
 train and valid). `download_books` fetches each plain-text edition, strips Project Gutenberg's header and
 footer, and writes `out/train/<id>.txt` and `out/valid/<id>.txt` plus a `MANIFEST.tsv` (with sha256) in each
 folder, which `minigriffin.data.load_corpus(out)` reads. Files already there with a matching checksum are
-not downloaded again. Offline? Use any folder of .txt files instead (`--data-dir PATH`).
+not downloaded again. Offline? Use any folder of .txt files instead (`--data-dir PATH`); `resolve_data_dir`
+is how the commands choose between the two.
 """
 
 import csv
 import hashlib
 import http.client
 import logging
+import os
 import re
 import time
 import urllib.error
@@ -18,7 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from minigriffin.data import atomic_write, default_cache_dir
+from minigriffin.data import default_cache_dir
+from minigriffin.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +190,14 @@ def download_books(out_dir=None, *, ids=None, base_url=GUTENBERG_URL, retries=3,
         _write_manifest(out_dir / book.split / "MANIFEST.tsv",
                         {g: r for g, r in rows.items() if (out_dir / book.split / f"{g}.txt").is_file()})
     return out_dir
+
+
+def resolve_data_dir(data_dir=None):
+    """The books folder a command uses: data_dir (--data-dir) if given, else $MINIGRIFFIN_BOOKS, else the books
+    downloaded from Project Gutenberg (downloading them into the cache the first time)."""
+    if data_dir:
+        return data_dir
+    if os.environ.get("MINIGRIFFIN_BOOKS"):
+        return os.environ["MINIGRIFFIN_BOOKS"]
+    print("no --data-dir given: using books from Project Gutenberg (downloaded once into the cache)")
+    return str(download_books())

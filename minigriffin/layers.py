@@ -18,7 +18,7 @@ from minigriffin import fused
 from minigriffin.xp import array_namespace
 
 RMSNORM_EPS = 1e-6
-_GELU_C = math.sqrt(2.0 / math.pi)
+GELU_C = math.sqrt(2.0 / math.pi)
 
 
 # ---------------------------------------------------------------------------------------------- linear
@@ -89,8 +89,8 @@ def gelu_tanh_forward(x):
         return out, GeluCache(x, tanh_u)
     xp = array_namespace(x)
     tanh_u = x * x                                       # x^2
-    tanh_u *= 0.044715 * _GELU_C
-    tanh_u += _GELU_C                                    # c (1 + 0.044715 x^2)
+    tanh_u *= 0.044715 * GELU_C
+    tanh_u += GELU_C                                     # c (1 + 0.044715 x^2)
     tanh_u *= x                                          # u = c (x + 0.044715 x^3)
     xp.tanh(tanh_u, out=tanh_u)
     out = tanh_u + 1.0
@@ -105,8 +105,8 @@ def gelu_tanh_backward(dy, cache):
         return fused.gelu_tanh_backward(dy, x, tanh_u)           # the formula below in one pass
     # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     du_dx = x * x
-    du_dx *= 3 * 0.044715 * _GELU_C
-    du_dx += _GELU_C                                     # c (1 + 3 * 0.044715 x^2)
+    du_dx *= 3 * 0.044715 * GELU_C
+    du_dx += GELU_C                                      # c (1 + 3 * 0.044715 x^2)
     du_dx *= x
     sech2 = tanh_u * tanh_u
     sech2 -= 1.0                                         # t^2 - 1 = -(1 - t^2)

@@ -36,7 +36,7 @@ class ModelCache(NamedTuple):
 def check_inputs(params, tokens, segment_pos, cfg):
     table = params["embedder"]["input_embedding"]
     if table.dtype != np.dtype(cfg.dtype):
-        raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; cast with params.tree_cast")
+        raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; cast with tree.tree_cast")
     if len(params["blocks"]) != cfg.num_layers:
         raise ValueError(f"params have {len(params['blocks'])} blocks, cfg has {cfg.num_layers}")
     if tokens.ndim != 2:

@@ -15,8 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minigriffin.params import tree_map
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.tree import tree_leaves, tree_map, unflatten
 from minigriffin.xp import array_namespace
 
 
@@ -41,15 +40,7 @@ def decays(path):
 
 def decay_mask(params):
     """A tree of bools: True where weight decay applies."""
-    return _unflatten_like(params, {path: decays(path) for path, _ in tree_leaves(params)})
-
-
-def _unflatten_like(tree, flat, prefix=""):
-    if isinstance(tree, dict):
-        return {k: _unflatten_like(v, flat, f"{prefix}{k}.") for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_unflatten_like(v, flat, f"{prefix}{i}.") for i, v in enumerate(tree)]
-    return flat[prefix[:-1]]
+    return unflatten({path: decays(path) for path, _ in tree_leaves(params)})
 
 
 def lr_schedule(step, *, lr, warmup_steps, max_steps, min_lr=0.0):

@@ -1,11 +1,11 @@
 """Data parallelism on the CPU: split a batch's rows between threads, add up their gradients.
 
 Why: NumPy runs every elementwise operation (GeLU, the RG-LRU's gates, RMSNorm, softmax) on one core, and only
-the matmuls use OpenBLAS's threads. With two cores, a training step of griffin at batch 8 x 512 spent most of
-its time with one core idle. Splitting the batch is the simplest fix that uses every core for everything: each
-thread runs the ordinary forward and backward (the same code, nothing rewritten) on its share of the rows,
-with OpenBLAS and Numba limited to one thread each so that the threads do not fight over the cores, and the
-gradients are added at the end. NumPy and Numba (nogil kernels) release the GIL during their work, so the
+the matmuls use OpenBLAS's threads, so on two cores a training step would leave one core idle for most of its
+time. Splitting the batch is the simplest fix that uses every core for everything: each thread runs the
+ordinary forward and backward (the same code, nothing rewritten) on its share of the rows, with OpenBLAS and
+Numba limited to one thread each so that the threads do not fight over the cores, and the gradients are
+added at the end. NumPy and Numba (nogil kernels) release the GIL during their work, so the
 threads really do run at the same time. docs/benchmarks.md has the measurements.
 
 The result is the same mean loss and gradient as the whole batch in one go (tested), up to the order of the
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.tree import tree_leaves
 
 _POOLS = {}                     # workers -> ThreadPoolExecutor, made once and reused (threads are cheap to keep)
 _BLAS = None                    # threadpoolctl's controller, found once (it scans the loaded libraries)
@@ -47,6 +47,12 @@ def _one_blas_thread():
     if _BLAS is None:
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
+
+
+def default_workers():
+    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
+    import numba
+    return numba.get_num_threads()
 
 
 def row_shares(batch_size, workers):

@@ -1,5 +1,5 @@
 """Parameter initialisation (recurrentgemma's reset_parameters, e.g.
-recurrentgemma/torch/modules.py `RecurrentBlock.reset_parameters`) and small tree utilities.
+recurrentgemma/torch/modules.py `RecurrentBlock.reset_parameters`) and parameter counts from a config.
 
 Parameters are nested dicts named like recurrentgemma's PyTorch state dict, so
 "blocks.0.recurrent_block.rg_lru.a_param" is params["blocks"][0]["recurrent_block"]["rg_lru"]["a_param"].
@@ -11,7 +11,6 @@ import math
 import numpy as np
 
 from minigriffin.config import ATTENTION, RECURRENT
-from minigriffin.gradcheck import tree_leaves
 
 
 def _normal(rng, shape, std, dtype):
@@ -72,32 +71,9 @@ def init_params(cfg, rng):
             "blocks": blocks, "final_norm": {"scale": zeros(D)}}
 
 
-def num_params(params):
-    """Total number of parameters in a tree."""
-    return sum(int(arr.size) for _, arr in tree_leaves(params))
-
-
-def tree_map(fn, *trees):
-    """Apply fn leafwise to trees of identical structure (dicts, lists and NamedTuples such as data.Batch),
-    returning a new tree."""
-    first = trees[0]
-    if isinstance(first, dict):
-        return {key: tree_map(fn, *(t[key] for t in trees)) for key in first}
-    if isinstance(first, list):
-        return [tree_map(fn, *items) for items in zip(*trees)]
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(tree_map(fn, *items) for items in zip(*trees)))
-    return fn(*trees)
-
-
-def tree_cast(tree, dtype):
-    """A copy of the tree with every array cast to dtype."""
-    return tree_map(lambda arr: np.asarray(arr).astype(dtype), tree)
-
-
 def count_params(cfg):
     """Number of parameters of a model with config `cfg`, from the shapes alone (no arrays allocated), so
-    paper-sized presets can be counted. Equals num_params(init_params(cfg, rng)) (tested)."""
+    paper-sized presets can be counted. Equals tree.num_params(init_params(cfg, rng)) (tested)."""
     D, E, F, V, K = cfg.width, cfg.lru_width, cfg.mlp_expanded_width, cfg.vocab_size, cfg.conv1d_temporal_width
     G, Dh = cfg.gate_blocks, cfg.head_dim
     recurrent = (2 * (E * D + E)                 # linear_x, linear_y

@@ -37,15 +37,18 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin import parallel
-from minigriffin.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.device import DEVICES, device_namespace
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
 from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
-from minigriffin.params import init_params
+from minigriffin.params import count_params, init_params
+from minigriffin.preflight import check_fits_in_memory, check_vocabulary
+from minigriffin.resume import best_val_loss, trim_metrics
 from minigriffin.runlock import RunLock
-from minigriffin.xp import DEVICES, array_namespace, device_namespace, to_device
+from minigriffin.tree import to_device, tree_leaves
+from minigriffin.xp import array_namespace
 
 EXIT_INTERRUPTED = 130
 
@@ -55,12 +58,6 @@ def _weighted_loss_and_grads(params, batch, cfg, weight):
     logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg)
     loss, ce_cache = cross_entropy_forward(logits, batch.targets, batch.mask)
     return loss, model_backward(cross_entropy_backward(weight, ce_cache), cache)
-
-
-def default_workers():
-    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
-    import numba
-    return numba.get_num_threads()
 
 
 def loss_and_grads(params, batch, cfg, workers=1):
@@ -94,45 +91,6 @@ def first_non_finite(grads):
     return None
 
 
-def training_bytes(model_cfg, train_cfg):
-    """A lower bound on the memory one training step needs, from the shapes alone: parameters, gradients and
-    AdamW's two moments (4 copies), plus the activations the backward keeps (per token and block, about 12 of
-    width D, 12 of lru_width E and 3 of the MLP width F; the logits and their softmax: 3 of vocab size V)."""
-    from minigriffin.params import count_params
-    item = 8 if model_cfg.dtype == "float64" else 4
-    D, E, F, V = model_cfg.width, model_cfg.lru_width, model_cfg.mlp_expanded_width, model_cfg.vocab_size
-    tokens = train_cfg.batch_size * train_cfg.seq_len
-    per_token = model_cfg.num_layers * (12 * D + 12 * E + 3 * F) + 3 * V
-    return item * (4 * count_params(model_cfg) + tokens * per_token)
-
-
-def _physical_memory():
-    """Bytes of RAM on this machine, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits_in_memory(model_cfg, train_cfg):
-    """Refuse, naming the sizes, a run that cannot fit in this machine's memory (a typo such as --width=10000000
-    would otherwise end in a MemoryError deep inside NumPy, or in swapping)."""
-    need, have = training_bytes(model_cfg, train_cfg), _physical_memory()
-    if have is not None and need > have:
-        raise ValueError(f"this model and batch need at least {need / 2**30:,.1f} GiB for one training step "
-                         f"(parameters, gradients, AdamW state and activations) but the machine has "
-                         f"{have / 2**30:,.1f} GiB; use a smaller width, batch_size or seq_len")
-
-
-def check_vocabulary(corpus, model_cfg):
-    """Every token of the corpus must be an index into the model's embedding table."""
-    for split in (corpus.train, corpus.valid):
-        top = int(split.tokens.max()) if split.tokens.size else 0
-        if top >= model_cfg.vocab_size:
-            raise ValueError(f"the {split.name} books hold token {top} but the model's vocab_size is "
-                             f"{model_cfg.vocab_size}: byte tokens need vocab_size=256")
-
-
 class _Interrupt:
     """SIGINT handler for the loop only: the first Ctrl-C asks to stop after this step, the second stops now."""
 
@@ -156,48 +114,6 @@ class _Interrupt:
         return False
 
 
-def _best_val_loss(ckpt_dir, from_last):
-    """The best validation loss so far: best.npz can be newer than last.npz (a run killed after a best save but
-    before its next last save), so take the lower of the two; an unreadable best.npz is reported, not trusted."""
-    best_path = Path(ckpt_dir) / "best.npz"
-    if not best_path.exists():
-        return from_last
-    try:
-        from_best = float(load_checkpoint(best_path)[3]["best_val_loss"])
-    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
-        print(f"warning: ignoring {best_path} for the best validation loss ({exc})", file=sys.stderr)
-        return from_last
-    return min(from_last, from_best)
-
-
-def trim_metrics(path, step):
-    """Keep only the metrics records of steps <= step (the checkpoint a run resumes from), atomically.
-
-    A run killed after its last checkpoint has logged steps that the resumed run will log again, and a kill
-    in the middle of a write leaves a half line that would swallow the next record. Both are dropped, so a
-    resumed run's metrics.jsonl equals an uninterrupted run's."""
-    from minigriffin.data import atomic_write
-    path = Path(path)
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_bytes().split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            keep = int(record["step"]) <= step
-        except (ValueError, KeyError, TypeError):       # a torn last line (UnicodeDecodeError is a ValueError)
-            keep = False
-        if keep:
-            kept.append(line + b"\n")
-        else:
-            dropped += 1
-    if dropped:
-        atomic_write(path, kept)
-    return dropped
-
-
 class Trainer:
     """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
 
@@ -211,7 +127,7 @@ class Trainer:
         check_vocabulary(corpus, model_cfg)
         self.device = device
         # data-parallel threads for a CPU step (minigriffin.parallel); train_cfg.cpu_workers = 0 means one per core
-        self.workers = 1 if device == "gpu" else (train_cfg.cpu_workers or default_workers())
+        self.workers = 1 if device == "gpu" else (train_cfg.cpu_workers or parallel.default_workers())
         self.xp = device_namespace(device)          # numpy, or cupy (DeviceUnavailable says why not)
         self.run_dir = Path(run_dir)
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
@@ -277,7 +193,7 @@ class Trainer:
         trainer.opt_state = AdamWState(trainer.step, to_device(m, trainer.xp), to_device(v, trainer.xp))
         trainer.data_rng = np.random.default_rng()
         trainer.data_rng.bit_generator.state = meta["data_rng_state"]
-        trainer.best_val = _best_val_loss(trainer.ckpt_dir, float(meta["best_val_loss"]))
+        trainer.best_val = best_val_loss(trainer.ckpt_dir, float(meta["best_val_loss"]))
         trainer.last_finite_loss = meta.get("last_finite_loss")
         trim_metrics(trainer.run_dir / "metrics.jsonl", trainer.step)
         return trainer
@@ -361,3 +277,23 @@ class Trainer:
                 bar.close()
         return {"step": self.step, "interrupted": interrupted, "best_val_loss": self.best_val,
                 "last_loss": self.last_finite_loss, "run_dir": str(self.run_dir)}
+
+
+def run_and_report(trainer, progress_bar=True):
+    """Run a Trainer as `minigriffin train` does: the run folder and model size first, a progress bar on a
+    terminal (progress_bar=False: plain log lines), then the summary and, after Ctrl-C, how to resume.
+    Returns the exit status: 0, or EXIT_INTERRUPTED."""
+    print(f"run folder: {trainer.run_dir}  ({count_params(trainer.model_cfg):,} parameters, "
+          f"{trainer.model_cfg.num_layers} blocks, step {trainer.step} of {trainer.train_cfg.max_steps}, "
+          f"on the {trainer.device})", flush=True)
+    progress = None
+    if progress_bar and sys.stderr.isatty():
+        from tqdm import tqdm
+        progress = lambda **kw: tqdm(dynamic_ncols=True, **kw)  # noqa: E731
+    summary = trainer.run(progress=progress)
+    print(f"step {summary['step']}: last loss {summary['last_loss']:.4f}, best validation loss "
+          f"{summary['best_val_loss']:.4f}; checkpoints in {trainer.ckpt_dir}")
+    if summary["interrupted"]:
+        print(f"interrupted: resume with\n  minigriffin train --resume {trainer.run_dir}")
+        return EXIT_INTERRUPTED
+    return 0

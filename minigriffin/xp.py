@@ -1,24 +1,16 @@
 """One array namespace for NumPy and CuPy: layers take `xp` from their inputs, never call `np.` on activations.
 
-Moving data between host and device happens here and nowhere else:
-
-    xp = device_namespace("gpu")        # cupy, or DeviceUnavailable naming why not (CuPy missing, no GPU, driver)
-    params = to_device(params, xp)      # a tree (nested dicts/lists) of arrays, or one array
-    host = to_host(params)              # numpy arrays again (checkpoints are always written from these)
+    xp = array_namespace(x, w)          # numpy, or cupy for CuPy arrays; mixing the two is an error
+    check_same_device(("x", x), ("a", a))   # all on the host, or all on x's GPU; the error names the argument
 
 Training on the GPU (`minigriffin train --device gpu`) is therefore the same forward, backward and AdamW code
-as on the CPU; only the Trainer's setup and checkpoint I/O call the two functions above.
+as on the CPU. Choosing the device is `minigriffin.device.device_namespace`; moving a tree of arrays there
+and back is `minigriffin.tree.to_device` and `to_host`, which only the Trainer's setup and checkpoint I/O call.
 """
 
 import importlib
 
 import numpy as np
-
-DEVICES = ("cpu", "gpu")
-
-
-class DeviceUnavailable(RuntimeError):
-    """The device asked for cannot be used here; the message says why and what to install."""
 
 
 def is_device_array(arr):
@@ -37,37 +29,55 @@ def array_namespace(*arrays):
     return importlib.import_module("cupy") if on_gpu and on_gpu[0] else np
 
 
-def device_namespace(device):
-    """The array module for a device name: "cpu" -> numpy, "gpu" -> cupy (checked usable, else a clear error)."""
-    if device == "cpu":
-        return np
-    if device == "gpu":
-        from minigriffin.scan import _unavailable_reason
-        reason = _unavailable_reason("cupy")       # CuPy missing or broken, no device, driver too old
-        if reason is not None:
-            raise DeviceUnavailable(f"--device gpu is not usable here: {reason}")
-        return importlib.import_module("cupy")
-    raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+def location_of(arr):
+    """Where arr's memory is: "host" for a NumPy array, "cuda:N" for a CuPy array (its .device.id), else None.
+
+    Reads nothing else, so stand-ins with a .device.id test it without CuPy. (NumPy 2 arrays have a
+    .device too, the string "cpu": hence the NumPy test first.)
+    """
+    if isinstance(arr, np.ndarray):
+        return "host"
+    device_id = getattr(getattr(arr, "device", None), "id", None)
+    return f"cuda:{int(device_id)}" if isinstance(device_id, (int, np.integer)) else None
 
 
-def to_device(tree, xp):
-    """Every array leaf of `tree` (dicts, lists, NamedTuples) as an array of module xp (numpy or cupy).
-    Non-array leaves are kept."""
-    from minigriffin.params import tree_map          # here, not at the top: scan imports this module
-    def move(arr):
-        if not hasattr(arr, "dtype"):
-            return arr
-        if xp is np:
-            return to_host(arr)
-        return xp.asarray(arr)                                         # host -> device copy (or no-op)
-    return tree_map(move, tree)
+def _placed(name, location, arr):
+    if location == "host":
+        return f"{name} is a NumPy array (host memory)"
+    if location is None:
+        return f"{name} is a {type(arr).__name__}, neither a NumPy nor a CuPy array"
+    return f"{name} is on {location}"
 
 
-def to_host(tree):
-    """Every array leaf of `tree` as a NumPy array (device -> host copy for CuPy arrays)."""
-    from minigriffin.params import tree_map
-    def move(arr):
-        if is_device_array(arr):
-            return arr.get()
-        return np.asarray(arr) if hasattr(arr, "dtype") else arr
-    return tree_map(move, tree)
+def check_same_device(*named, current=None):
+    """Raise unless every array is where the first one is (entries that are None are skipped).
+
+    named: (name, array) pairs; the first is the reference (x). A NumPy array among CuPy arrays, or a CuPy
+    array among NumPy ones, raises TypeError (the type array_namespace raises for mixed arrays); CuPy
+    arrays on different GPUs raise ValueError. The message names the argument and both places, e.g.
+    "a is on cuda:1 but x is on cuda:0". current: the id of the current CUDA device, if known: a stray
+    array on it gets a hint, since CuPy puts new arrays there, not on x's device (cupy.empty_like included).
+    Pure: reads only isinstance(arr, np.ndarray) and arr.device.id.
+    """
+    (ref_name, ref), *others = named
+    ref_at = location_of(ref)
+    for name, arr in others:
+        if arr is None:
+            continue
+        at = location_of(arr)
+        if at == ref_at and at is not None:
+            continue
+        problem = f"{_placed(name, at, arr)}{',' if at is None else ''} but {_placed(ref_name, ref_at, ref)}"
+        if at is None or ref_at is None:
+            raise TypeError(f"{problem}: pass NumPy arrays, or CuPy arrays on one device")
+        if at == "host":
+            raise TypeError(f"{problem}: move it with cupy.asarray (under `with {ref_name}.device:`)")
+        if ref_at == "host":
+            raise TypeError(f"{problem}: pass every array on the GPU (cupy.asarray) or every one on the host "
+                            f"({name}.get())")
+        fix = f"copy it there with `with {ref_name}.device: {name} = cupy.copy({name})`"
+        if current is not None and at == f"cuda:{int(current)}":
+            fix = f"call linear_scan under `with {ref_name}.device:`, or {fix}"
+            problem += (f" ({at} is the current device, where CuPy allocates new arrays, such as the output and "
+                        f"the zero h0 that linear_scan creates)")
+        raise ValueError(f"{problem}: {fix}")

@@ -40,10 +40,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minigriffin.config import ATTENTION, PRESETS, RECURRENT, make_config
-from minigriffin.gradcheck import assert_grads_close, tree_leaves
+from minigriffin.gradcheck import assert_grads_close
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
-from minigriffin.params import count_params, init_params, num_params
+from minigriffin.params import count_params, init_params
+from minigriffin.tree import num_params, tree_leaves
 
 # Unset: small sizes that run in seconds. MINIGRIFFIN_FULL_RUN=1: the sizes quoted in the text.
 FULL_RUN = os.environ.get("MINIGRIFFIN_FULL_RUN") == "1"

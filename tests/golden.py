@@ -17,7 +17,7 @@ from strategies import tiny_model
 from minigriffin.convert import to_torch_state_dict
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
-from minigriffin.params import tree_map
+from minigriffin.tree import tree_map
 
 PATH = Path(__file__).parent / "data" / "golden_griffin_tiny.npz"
 CASE = dict(preset="griffin-tiny", logits_soft_cap=30.0, embeddings_scale_by_sqrt_dim=True)

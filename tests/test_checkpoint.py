@@ -8,9 +8,9 @@ import pytest
 
 from minigriffin.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from minigriffin.config import PRESETS
-from minigriffin.gradcheck import tree_leaves
 from minigriffin.optim import adamw_init
 from minigriffin.params import init_params
+from minigriffin.tree import tree_leaves
 
 
 def _save(path, **meta):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigriffin import data
+from minigriffin import tokencache
 from minigriffin.data import (
     Batch,
     ByteTokenizer,
@@ -126,7 +126,7 @@ def test_cache_is_reused_without_reading_books(books_dir, tmp_path, monkeypatch)
     def no_reading(*args):
         raise AssertionError("books were read again although the cache is valid")
 
-    monkeypatch.setattr(data, "_read_document", no_reading)
+    monkeypatch.setattr(tokencache, "_read_document", no_reading)
     second = load_corpus(books_dir)
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cached} == stamps   # nothing rewritten
     for a, b in zip(first, second):

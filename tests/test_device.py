@@ -18,13 +18,13 @@ from minigriffin import xp as xp_module
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.cli import main
 from minigriffin.data import load_corpus
-from minigriffin.gradcheck import tree_leaves
 from minigriffin.config import TrainConfig, make_config
-from minigriffin.scan import _unavailable_reason
+from minigriffin.device import DeviceUnavailable, device_namespace
+from minigriffin.scan import unavailable_reason
 from minigriffin.train import Trainer, loss_and_grads
-from minigriffin.xp import DeviceUnavailable, device_namespace, to_device, to_host
+from minigriffin.tree import to_device, to_host, tree_leaves
 
-GPU_REASON = _unavailable_reason("cupy")
+GPU_REASON = unavailable_reason("cupy")
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU: {GPU_REASON}")
 
 

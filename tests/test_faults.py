@@ -23,7 +23,7 @@ import pytest
 
 from minigriffin.checkpoint import CheckpointError, load_checkpoint
 from minigriffin.cli import main
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.tree import tree_leaves
 
 TINY = ["--preset", "griffin-tiny", "--batch_size=2", "--seq_len=32", "--eval_batches=1", "--warmup_steps=2",
         "--no-progress", "--checkpoint_every=4", "--eval_every=4", "--scan_backend=reference", "--cpu_workers=1"]

@@ -13,7 +13,7 @@ import pytest
 from minigriffin import fused
 from minigriffin.layers import gelu_tanh_backward, gelu_tanh_forward, mlp_backward, mlp_forward
 from minigriffin.rglru import rglru_backward, rglru_forward
-from minigriffin.gradcheck import tree_leaves
+from minigriffin.tree import tree_leaves
 
 SHAPES = [(1, 1, 3), (2, 7, 33), (3, 50, 64)]
 

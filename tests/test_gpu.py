@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 import minigriffin.scan as scan_registry
 from minigriffin import kernels
 from minigriffin.scan import BackendUnavailable, linear_scan, linear_scan_backward
+from minigriffin import xp
 from minigriffin.scan import cupy_gpu
 from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
-GPU_REASON = scan_registry._unavailable_reason("cupy")      # None when the cupy backend can run here
+GPU_REASON = scan_registry.unavailable_reason("cupy")      # None when the cupy backend can run here
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU for the cupy backend: {GPU_REASON}")
 cupy = cupy_gpu.cupy if GPU_REASON is None else None
 EXAMPLES = settings(max_examples=40)
@@ -313,8 +314,8 @@ def host(shape=(2, 5, 3)):
     [("x", host()), ("a", host()), ("out", host()), ("h0", host((2, 3)))],
 ])
 def test_same_device_passes(named):
-    cupy_gpu.check_same_device(*named)
-    cupy_gpu.check_same_device(*named, current=3)
+    xp.check_same_device(*named)
+    xp.check_same_device(*named, current=3)
 
 
 @pytest.mark.parametrize("named,error,message", [
@@ -329,7 +330,7 @@ def test_same_device_passes(named):
 ])
 def test_device_mismatch_names_the_argument_and_both_devices(named, error, message):
     with pytest.raises(error) as excinfo:
-        cupy_gpu.check_same_device(*named)
+        xp.check_same_device(*named)
     assert message in str(excinfo.value)
 
 
@@ -337,12 +338,12 @@ def test_device_mismatch_on_the_current_device_explains_where_it_came_from():
     """linear_scan allocates out (and h0 = None's zeros) with CuPy, which puts new arrays on the current device,
     not on x's: when that is where the stray array is, the message says so and how to fix it."""
     with pytest.raises(ValueError) as excinfo:
-        cupy_gpu.check_same_device(("x", gpu(1)), ("a", gpu(1)), ("out", gpu(0)), current=0)
+        xp.check_same_device(("x", gpu(1)), ("a", gpu(1)), ("out", gpu(0)), current=0)
     message = str(excinfo.value)
     assert "out is on cuda:1" not in message and "out is on cuda:0 but x is on cuda:1" in message
     assert "cuda:0 is the current device" in message and "with x.device:" in message
     with pytest.raises(ValueError) as excinfo:                      # not the current device: no such hint
-        cupy_gpu.check_same_device(("x", gpu(1)), ("a", gpu(2)), current=0)
+        xp.check_same_device(("x", gpu(1)), ("a", gpu(2)), current=0)
     assert "current device" not in str(excinfo.value)
 
 

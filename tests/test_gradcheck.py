@@ -4,7 +4,8 @@ is worse than none)."""
 import numpy as np
 import pytest
 
-from minigriffin.gradcheck import assert_grads_close, check_grads, numerical_grad, rel_error, tree_leaves
+from minigriffin.gradcheck import assert_grads_close, check_grads, numerical_grad, rel_error
+from minigriffin.tree import tree_leaves
 
 
 def _tanh_layer(x, params):

@@ -10,10 +10,11 @@ from strategies import tiny_model
 from minigriffin.config import PRESETS, GriffinConfig, config_from_dict, config_to_dict, make_config
 from minigriffin.convert import (config_from_params, from_flax_params, from_torch_state_dict, to_flax_params,
                                  to_torch_state_dict)
-from minigriffin.gradcheck import assert_grads_close, tree_leaves
+from minigriffin.gradcheck import assert_grads_close
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward, embedding_scale, round_to_bfloat16
 from minigriffin.model import model_backward, model_forward
-from minigriffin.params import count_params, init_params, num_params
+from minigriffin.params import count_params, init_params
+from minigriffin.tree import num_params, tree_leaves
 
 SP = np.array([list(range(10)), [0, 1, 2, 3, 0, 1, 2, 3, 4, 0]])   # packed documents, T = 10 > W = 4
 

@@ -6,9 +6,9 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from minigriffin.data import Batch
-from minigriffin.gradcheck import tree_leaves
 from minigriffin.parallel import row_shares
 from minigriffin.train import loss_and_grads
+from minigriffin.tree import tree_leaves
 from strategies import tiny_model
 
 

@@ -15,10 +15,10 @@ import pytest
 from minigriffin.checkpoint import load_checkpoint
 from minigriffin.cli import main
 from minigriffin.config import make_config
-from minigriffin.gradcheck import tree_leaves
 from minigriffin.optim import adamw_init, adamw_update, clip_by_global_norm
 from minigriffin.params import init_params
 from minigriffin.train import loss_and_grads
+from minigriffin.tree import tree_leaves
 
 TINY = ["--preset", "griffin-tiny", "--batch_size=2", "--seq_len=32", "--eval_batches=1", "--warmup_steps=2",
         "--no-progress"]

@@ -7,12 +7,13 @@ Shapes: x, a, h, dh: (B, T, D); h0, h_last, dh_last: (B, D). The argument order 
 follow recurrentgemma's `linear_scan`. This is the core of the RG-LRU (Griffin paper, eq. 4:
 h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but the recurrence is elementwise).
 
-Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily through
-`_REGISTRY`; the backward is written once, here, on top of that primitive, so every backend gets its
-backward for free. Two optional hooks let a backend speed up the backward's one elementwise product
-da_t = g_t * h_prev without writing a backward of its own: `scan_times_state(x, a, h0, reverse, out, q,
-prod)`, a scan that also writes prod = (state entering each step) * q as it streams past (numba: it saves
-a pass over g), or else `multiply(p, q, out)`; without either the array library's multiply is used.
+Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily by name from a
+registry (`backend_names()`, `unavailable_reason(name)`, `available_backends()`); the backward is written
+once, here, on top of that primitive, so every backend gets its backward for free. Two optional hooks let
+a backend speed up the backward's one elementwise product da_t = g_t * h_prev without writing a backward of
+its own: `scan_times_state(x, a, h0, reverse, out, q, prod)`, a scan that also writes prod = (state entering
+each step) * q as it streams past (numba: it saves a pass over g), or else `multiply(p, q, out)`; without
+either the array library's multiply is used.
 See docs/scan.md for the derivation and notebooks for the walk-through.
 
 Notebook: notebooks/01_linear_scan.ipynb
@@ -23,7 +24,7 @@ import importlib.util
 
 import numpy as np
 
-from minigriffin.xp import array_namespace
+from minigriffin.xp import array_namespace, check_same_device, is_device_array
 
 # name -> (module path, the Python module it needs, how to install that module)
 _REGISTRY = {
@@ -40,8 +41,13 @@ class BackendUnavailable(RuntimeError):
     """A scan backend was asked for but cannot run here; the message says how to install it."""
 
 
-def _unavailable_reason(name):
-    """Why backend `name` cannot run here, or None when it can.
+def backend_names():
+    """Every scan backend's name, in registry order, whether or not it can run here."""
+    return list(_REGISTRY)
+
+
+def unavailable_reason(name):
+    """Why backend `name` cannot run here (the message says how to install what it needs), or None when it can.
 
     Does not import the backend, except cupy's once its package is installed: it asks the driver (once per
     process, cached) whether a usable GPU is there.
@@ -61,14 +67,14 @@ def _unavailable_reason(name):
 
 def available_backends():
     """Names of the scan backends that can run on this machine, in registry order."""
-    return [name for name in _REGISTRY if _unavailable_reason(name) is None]
+    return [name for name in _REGISTRY if unavailable_reason(name) is None]
 
 
 def _load(name):
     """Import and return the backend module `name`, or raise BackendUnavailable with the install command."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown scan backend {name!r}; choose one of {['auto', *_REGISTRY]}")
-    reason = _unavailable_reason(name)
+    reason = unavailable_reason(name)
     if reason is not None:
         raise BackendUnavailable(reason)
     return importlib.import_module(_REGISTRY[name][0])
@@ -113,10 +119,7 @@ def _check_inputs(x, a, h0, names=("x", "a", "h0")):
         if h0.dtype != x.dtype:
             raise TypeError(f"{nh} must have the dtype of {nx} ({x.dtype}), got {h0.dtype}")
     # CuPy arrays: a and h0 on x's GPU, named here with the caller's names (the backend sees x, a, h0, out).
-    # Asked only when one of them is a CuPy array, so NumPy-only calls never import the cupy backend.
-    from minigriffin.xp import is_device_array
     if any(is_device_array(arr) for arr in (x, a, h0) if arr is not None):
-        from minigriffin.scan.cupy_gpu import check_same_device
         check_same_device((nx, x), (na, a), (nh, h0))
 
 

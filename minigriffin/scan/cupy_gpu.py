@@ -15,12 +15,11 @@ The kernels are compiled with --fmad=false: each step is the reference's multipl
 NumPy inputs (backend="cupy" asked for explicitly on host arrays) are copied to the device and the result
 copied back, which is slow; backend="auto" only picks this backend for CuPy arrays.
 
-Every call first checks that a, h0 and out are where x is (`check_same_device`): all NumPy, or all CuPy on
-x's GPU. A RawKernel takes bare pointers, so a host array or another GPU's array would otherwise reach the
-kernel unnoticed; the error names the argument and both places instead, before anything is launched. The
-public linear_scan / linear_scan_backward run the same check on the caller's arrays first
-(minigriffin.scan._check_inputs), so that the message names dh, h and the rest rather than the backend's
-x, a, h0, out.
+Every call first checks that a, h0 and out are where x is (`minigriffin.xp.check_same_device`): all NumPy,
+or all CuPy on x's GPU. A RawKernel takes bare pointers, so a host array or another GPU's array would
+otherwise reach the kernel unnoticed; the error names the argument and both places instead, before anything
+is launched. The public linear_scan / linear_scan_backward run the same check on the caller's arrays first,
+so that the message names dh, h and the rest rather than the backend's x, a, h0, out.
 
 Status: written and tested without a GPU (compiled with nvcc for sm_80/sm_90, run on the CPU through the
 host shim). On-device correctness and performance have NOT been checked (docs/gpu.md).
@@ -32,6 +31,7 @@ import numpy as np
 
 from minigriffin import kernels
 from minigriffin.scan import BackendUnavailable
+from minigriffin.xp import check_same_device
 
 INSTALL = 'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'
 NVRTC_OPTIONS = ("--fmad=false",)
@@ -116,60 +116,6 @@ def launcher(device_id):
     def launch(name, grid, block, args):
         _function(device_id, name)((grid,), (block,), args)
     return launch
-
-
-def location_of(arr):
-    """Where arr's memory is: "host" for a NumPy array, "cuda:N" for a CuPy array (its .device.id), else None.
-
-    Reads nothing else, so stand-ins with a .device.id test it without CuPy. (NumPy 2 arrays have a
-    .device too, the string "cpu": hence the NumPy test first.)
-    """
-    if isinstance(arr, np.ndarray):
-        return "host"
-    device_id = getattr(getattr(arr, "device", None), "id", None)
-    return f"cuda:{int(device_id)}" if isinstance(device_id, (int, np.integer)) else None
-
-
-def _placed(name, location, arr):
-    if location == "host":
-        return f"{name} is a NumPy array (host memory)"
-    if location is None:
-        return f"{name} is a {type(arr).__name__}, neither a NumPy nor a CuPy array"
-    return f"{name} is on {location}"
-
-
-def check_same_device(*named, current=None):
-    """Raise unless every array is where the first one is (entries that are None are skipped).
-
-    named: (name, array) pairs; the first is the reference (x). A NumPy array among CuPy arrays, or a CuPy
-    array among NumPy ones, raises TypeError (the type array_namespace raises for mixed arrays); CuPy
-    arrays on different GPUs raise ValueError. The message names the argument and both places, e.g.
-    "a is on cuda:1 but x is on cuda:0". current: the id of the current CUDA device, if known: a stray
-    array on it gets a hint, since CuPy puts new arrays there, not on x's device (cupy.empty_like included).
-    Pure: reads only isinstance(arr, np.ndarray) and arr.device.id.
-    """
-    (ref_name, ref), *others = named
-    ref_at = location_of(ref)
-    for name, arr in others:
-        if arr is None:
-            continue
-        at = location_of(arr)
-        if at == ref_at and at is not None:
-            continue
-        problem = f"{_placed(name, at, arr)}{',' if at is None else ''} but {_placed(ref_name, ref_at, ref)}"
-        if at is None or ref_at is None:
-            raise TypeError(f"{problem}: pass NumPy arrays, or CuPy arrays on one device")
-        if at == "host":
-            raise TypeError(f"{problem}: move it with cupy.asarray (under `with {ref_name}.device:`)")
-        if ref_at == "host":
-            raise TypeError(f"{problem}: pass every array on the GPU (cupy.asarray) or every one on the host "
-                            f"({name}.get())")
-        fix = f"copy it there with `with {ref_name}.device: {name} = cupy.copy({name})`"
-        if current is not None and at == f"cuda:{int(current)}":
-            fix = f"call linear_scan under `with {ref_name}.device:`, or {fix}"
-            problem += (f" ({at} is the current device, where CuPy allocates new arrays, such as the output and "
-                        f"the zero h0 that linear_scan creates)")
-        raise ValueError(f"{problem}: {fix}")
 
 
 def scan(x, a, h0, reverse, out):

@@ -1,0 +1,83 @@
+"""The `minigriffin` command line's arguments: one subcommand each for train, sample, plot, eval-length,
+experiment, download, doctor and demo. minigriffin.cli runs the command the parsed arguments name.
+"""
+
+import argparse
+
+EXIT_ERROR = 2          # bad input or a refused run: one line on stderr, no traceback
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `--res=...` must not silently mean --resume, and any --key=value that is not an
+        # option of the command goes on to the config overrides, which name unknown keys
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser():
+    parser = _Parser(
+        prog="minigriffin",
+        description="Hawk and Griffin (De, Smith et al. 2024) in NumPy with hand-written backprop.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("doctor", help="print versions, Numba threading, scan backends and GPU availability")
+    demo = sub.add_parser("demo", help="train a small Griffin on books for a few minutes, sample, plot")
+    demo.add_argument("--data-dir", help="folder of .txt books (default: $MINIGRIFFIN_BOOKS or a download)")
+    demo.add_argument("--run-dir", help="output folder (default: runs/demo-<time>)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 300)")
+    demo.add_argument("--scan", action="store_true", help="instead: the scan backends against the reference")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for smoke tests")
+
+    train = sub.add_parser("train", help="train a model on a folder of .txt books",
+                           description="Train Hawk, Griffin or the MQA baseline. Any model or training field can "
+                                       "be set with --key=value, e.g. --lr=1e-3 --seq_len=512 --width=128.")
+    train.add_argument("--preset", default="griffin-small", help="model preset (default: %(default)s)")
+    train.add_argument("--data-dir", help="folder of UTF-8 .txt books (train/ and valid/ subfolders optional); "
+                                          "default: $MINIGRIFFIN_BOOKS or books downloaded from Project Gutenberg")
+    train.add_argument("--run-dir", help="where to write checkpoints and metrics (default: runs/<preset>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    train.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    train.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                       help="where to train: cpu (NumPy + Numba) or gpu (CuPy; needs minigriffin[gpu] and a CUDA "
+                            "GPU). Checkpoints are device-independent: --resume works on either (default: cpu)")
+    train.set_defaults(takes_extra=True)      # its other --key=value options are config overrides
+
+    sample = sub.add_parser("sample", help="generate text from a trained run")
+    sample.add_argument("run_dir")
+    sample.add_argument("--prompt", default="It was ")
+    sample.add_argument("--max-new-tokens", type=int, default=300)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    plot = sub.add_parser("plot", help="draw loss curves of one or more runs to a PNG")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/loss.png of the first run)")
+
+    evl = sub.add_parser("eval-length", help="loss per token position on long validation books (Figure 5)")
+    evl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    evl.add_argument("--data-dir", help="books folder (its valid/ books are evaluated)")
+    evl.add_argument("--max-len", type=int, required=True, help="evaluate each book up to this many tokens")
+    evl.add_argument("--chunk-size", type=int, default=512, help="tokens per forward pass (state carried over)")
+    evl.add_argument("--segments-per-book", type=int, default=1,
+                     help="score up to K consecutive pieces of --max-len tokens per book, each as one document")
+    evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
+
+    exp = sub.add_parser("experiment", help="reproduce the paper's long-context study at laptop scale")
+    exp.add_argument("name", choices=["extrapolation"])
+    exp.add_argument("--study", choices=["extrapolation", "train-length"], default="extrapolation")
+    exp.add_argument("--preset", choices=["laptop", "tiny"], default="laptop")
+    exp.add_argument("--data-dir")
+    exp.add_argument("--out", help="output folder, shared by both studies (default: runs/experiment-<preset>)")
+    exp.add_argument("--seed", type=int, default=0)
+
+    download = sub.add_parser("download", help="download the Project Gutenberg books into the cache")
+    download.add_argument("--out", help="folder (default: the user cache directory)")
+    return parser
