@@ -8,7 +8,8 @@ Notation used in shape comments throughout the package (also in docs/conventions
     W   local attention window        V   vocabulary size
     F   MLP expanded width (3 * D)    L   number of residual blocks
 
-Importing the package does no work: backends (Numba, CuPy) load lazily on first use.
+Importing the package does no work: backends (Numba, CuPy) load lazily on first use. It registers the
+accelerators of minigriffin/fast/ with the reference functions they stand for (minigriffin/accelerate.py).
 """
 
 from minigriffin.scan import (
@@ -17,6 +18,8 @@ from minigriffin.scan import (
     linear_scan,
     linear_scan_backward,
 )
+
+import minigriffin.fast  # noqa: E402,F401  (registers the accelerators; compiles nothing)
 
 __version__ = "0.1.0.dev0"
 

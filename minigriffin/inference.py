@@ -11,31 +11,25 @@ in minigriffin/state.py (the recurrent blocks) and minigriffin/kvcache.py (the a
 Unlike recurrentgemma's decode path (no Conv1D document mask with a cache, positions recovered from
 segment_pos), this stays exact when documents are packed and when a document starts inside a chunk.
 
-One accelerator attaches here, and only here: a call with one token per row on NumPy arrays, as sampling
-makes them, runs minigriffin.decode.decode_step, compiled Numba kernels that do the same computation
-(one kernel per residual block; tests/test_decode.py checks token-by-token decoding against model_forward on
-the whole sequence, rtol 1e-12 in float64). MINIGRIFFIN_REFERENCE=1 turns it off, so everything runs on the
-plain NumPy definition. The first such step makes a DecodePlan (the params with torch-layout weights
-transposed, about one more copy of the model) and the ModelState passes it on, so params must not be modified
-in place while a state is being continued.
+forward_chunk is @accelerated (minigriffin/accelerate.py): a call with one token per row on NumPy arrays, as
+sampling makes them, runs minigriffin.fast.decode.decode_step instead, compiled Numba kernels that do the same
+computation (one kernel per residual block; tests/test_decode.py checks token-by-token decoding against
+model_forward on the whole sequence, rtol 1e-12 in float64). MINIGRIFFIN_REFERENCE=1 turns it off. The first
+such step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the
+model) and the ModelState passes it on, so params must not be modified in place while a state is being
+continued.
 
 Notebook: notebooks/07_decoding_cost.ipynb
 """
 
-import os
-
-from minigriffin import decode
+from minigriffin.accelerate import accelerated
 from minigriffin.kvcache import AttentionState, KVBuffer
 from minigriffin.model import check_inputs, model_forward
 from minigriffin.state import (NO_DOC, ModelState, RecurrentState, check_state, init_state, state_nbytes,
                                state_reserved_nbytes)
 
 
-def reference_only():
-    """True when MINIGRIFFIN_REFERENCE=1: every accelerator is off and the NumPy definition runs."""
-    return os.environ.get("MINIGRIFFIN_REFERENCE", "").lower() in ("1", "true", "yes")
-
-
+@accelerated
 def forward_chunk(params, tokens, segment_pos, cfg, state):
     """Logits for the next T tokens, continuing from `state` (Griffin §5.1, inference).
 
@@ -45,11 +39,9 @@ def forward_chunk(params, tokens, segment_pos, cfg, state):
     """
     check_inputs(params, tokens, segment_pos, cfg)
     check_state(state, cfg, tokens.shape[0])
-    if not reference_only() and decode.applies(params, tokens, segment_pos):
-        return decode.decode_step(params, tokens, segment_pos, cfg, state)
     logits, cache = model_forward(params, tokens, segment_pos, cfg, state)
     return logits, cache.state
 
 
-__all__ = ["forward_chunk", "init_state", "reference_only", "ModelState", "RecurrentState", "AttentionState",
+__all__ = ["forward_chunk", "init_state", "ModelState", "RecurrentState", "AttentionState",
            "KVBuffer", "NO_DOC", "state_nbytes", "state_reserved_nbytes"]

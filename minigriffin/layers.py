@@ -7,14 +7,14 @@
 
 Conventions (docs/conventions.md): `*_forward(...) -> (out, cache)`, `*_backward(dout, cache) -> (dx, grads)`,
 grads a dict with the parameter's keys; backward returns fresh arrays. Derivations: docs/backprop.md.
-GeLU and the MLP's gate run as fused Numba kernels on NumPy arrays (minigriffin/fused.py: the same formulas
-in one pass over memory); the NumPy code below is their definition and what CuPy arrays run.
+The functions marked @accelerated are the definitions; for NumPy arrays, minigriffin/fast/fused.py runs the
+same formulas in fewer passes over memory (minigriffin/accelerate.py: MINIGRIFFIN_REFERENCE=1 turns it off).
 """
 
 import math
 from typing import NamedTuple
 
-from minigriffin import fused
+from minigriffin.accelerate import accelerated
 from minigriffin.xp import array_namespace
 
 RMSNORM_EPS = 1e-6
@@ -81,41 +81,20 @@ class GeluCache(NamedTuple):
     tanh_u: object     # tanh(c (x + 0.044715 x^3))
 
 
+@accelerated
 def gelu_tanh_forward(x):
-    """GeLU, tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
-    Written with in-place operations: on a (B, T, F) activation each temporary is a full memory pass."""
-    if fused.applies(x):
-        out, tanh_u = fused.gelu_tanh_forward(x)                 # the same formula, 3 passes instead of 8
-        return out, GeluCache(x, tanh_u)
+    """GeLU, tanh approximation (as recurrentgemma): 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi)."""
     xp = array_namespace(x)
-    tanh_u = x * x                                       # x^2
-    tanh_u *= 0.044715 * GELU_C
-    tanh_u += GELU_C                                     # c (1 + 0.044715 x^2)
-    tanh_u *= x                                          # u = c (x + 0.044715 x^3)
-    xp.tanh(tanh_u, out=tanh_u)
-    out = tanh_u + 1.0
-    out *= x
-    out *= 0.5
-    return out, GeluCache(x, tanh_u)
+    tanh_u = xp.tanh(GELU_C * (x + 0.044715 * x**3))
+    return 0.5 * x * (1.0 + tanh_u), GeluCache(x, tanh_u)
 
 
+@accelerated
 def gelu_tanh_backward(dy, cache):
+    """dy: (...) -> dx: (...).  d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)."""
     x, tanh_u = cache
-    if fused.applies(dy, x, tanh_u):
-        return fused.gelu_tanh_backward(dy, x, tanh_u)           # the formula below in one pass
-    # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
-    du_dx = x * x
-    du_dx *= 3 * 0.044715 * GELU_C
-    du_dx += GELU_C                                      # c (1 + 3 * 0.044715 x^2)
-    du_dx *= x
-    sech2 = tanh_u * tanh_u
-    sech2 -= 1.0                                         # t^2 - 1 = -(1 - t^2)
-    du_dx *= sech2                                       # -x (1 - t^2) du/dx
-    grad = tanh_u + 1.0
-    grad -= du_dx                                        # (1 + t) + x (1 - t^2) du/dx
-    grad *= 0.5
-    grad *= dy
-    return grad
+    du_dx = GELU_C * (1.0 + 3 * 0.044715 * x * x)
+    return dy * 0.5 * ((1.0 + tanh_u) + x * (1.0 - tanh_u * tanh_u) * du_dx)
 
 
 # ------------------------------------------------------------------------------------------- gated MLP
@@ -128,18 +107,29 @@ class MLPCache(NamedTuple):
     down: LinearCache
 
 
+@accelerated
+def gated_gelu_forward(up):
+    """The MLP's gate (Griffin Figure 2(b)): up: (2, B, T, F) both branches -> gate = gelu(up[0]),
+    hidden = gate * up[1], and GeLU's cache."""
+    gate, gelu_cache = gelu_tanh_forward(up[0])                                # (B, T, F)
+    return gate, gate * up[1], gelu_cache
+
+
+@accelerated
+def gated_gelu_backward(dhidden, up, gate, gelu_cache):
+    """dhidden: (B, T, F) -> dup: (2, B, T, F), the gradients of both branches."""
+    xp = array_namespace(dhidden)
+    # forward was hidden = gelu(up[0]) * up[1]
+    return xp.stack([gelu_tanh_backward(dhidden * up[1], gelu_cache), dhidden * gate])
+
+
 def mlp_forward(x, p):
     """Gated MLP block. x: (B, T, D); p: {"ffw_up": {"w": (2, D, F), "b": (2, 1, 1, F)},
     "ffw_down": {"weight": (D, F), "bias": (D,)}} -> (B, T, D). Branch 0 (GeLU) gates branch 1 (linear)."""
     xp = array_namespace(x)
     up = xp.matmul(x[None], p["ffw_up"]["w"][:, None])                       # (2, B, T, F): x @ w[c]
     up += p["ffw_up"]["b"]                                  # + b[c], in place: no second (2, B, T, F) array
-    if fused.applies(up):
-        gate, hidden, tanh_u = fused.mlp_gate_forward(up)                      # the two lines below, fused
-        gelu_cache = GeluCache(up[0], tanh_u)
-    else:
-        gate, gelu_cache = gelu_tanh_forward(up[0])                            # (B, T, F)
-        hidden = gate * up[1]                                                  # (B, T, F)
+    gate, hidden, gelu_cache = gated_gelu_forward(up)                          # (B, T, F) each
     out, down_cache = linear_forward(hidden, p["ffw_down"])                    # (B, T, D)
     return out, MLPCache(x, p["ffw_up"]["w"], up, gelu_cache, gate, down_cache)
 
@@ -147,13 +137,7 @@ def mlp_forward(x, p):
 def mlp_backward(dout, cache):
     xp = array_namespace(dout)
     dhidden, down_grads = linear_backward(dout, cache.down)                    # (B, T, F)
-    if fused.applies(dhidden, cache.up):
-        dup = fused.mlp_gate_backward(dhidden, cache.up, cache.gate, cache.gelu.tanh_u)   # the 4 lines below
-    else:
-        dup = xp.empty_like(cache.up)                                          # (2, B, T, F)
-        xp.multiply(dhidden, cache.gate, out=dup[1])        # forward was hidden = gate * up[1]
-        xp.multiply(dhidden, cache.up[1], out=dup[0])
-        dup[0] = gelu_tanh_backward(dup[0], cache.gelu)
+    dup = gated_gelu_backward(dhidden, cache.up, cache.gate, cache.gelu)       # (2, B, T, F)
     F = dup.shape[-1]
     D = cache.x.shape[-1]
     # forward was up[c] = x @ w_up[c] + b[c]

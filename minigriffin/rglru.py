@@ -16,7 +16,7 @@ Notebook: notebooks/02_rglru.ipynb
 
 from typing import NamedTuple
 
-from minigriffin import fused
+from minigriffin.accelerate import accelerated
 from minigriffin.scan import linear_scan, linear_scan_backward
 from minigriffin.xp import array_namespace
 
@@ -116,12 +116,7 @@ def rglru_backward(dy, dh_last, cache):
                                                        backend=c.backend)
     # d softplus / dx = sigmoid(x), and 1 on softplus's linear branch above 20 (as torch)
     sigmoid_a_param = xp.where(c.a_param > 20.0, 1.0, sigmoid(c.a_param))
-    if fused.applies(dnormalized_x, da_scan, c.x):
-        # _gates_backward's lines in one pass (minigriffin/fused.py)
-        dx, dpre_x, dpre_a, dsoftplus = fused.rglru_gates_backward(dnormalized_x, da_scan, c.reset, c,
-                                                                   MAX_SQRT_GRADIENT, C)
-    else:
-        dx, dpre_x, dpre_a, dsoftplus = _gates_backward(xp, dnormalized_x, da_scan, c)
+    dx, dpre_x, dpre_a, dsoftplus = rglru_gates_backward(dnormalized_x, da_scan, c)
     da_param = dsoftplus * sigmoid_a_param                              # softplus_a_param = softplus(a_param)
     dx_from_x_gate, input_gate_grads = block_diagonal_backward(dpre_x, c.gate_x_cache)
     dx_from_a_gate, a_gate_grads = block_diagonal_backward(dpre_a, c.gate_a_cache)
@@ -129,9 +124,12 @@ def rglru_backward(dy, dh_last, cache):
     return dx, dh0, {"a_param": da_param, "input_gate": input_gate_grads, "a_gate": a_gate_grads}
 
 
-def _gates_backward(xp, dnormalized_x, da_scan, c):
+@accelerated
+def rglru_gates_backward(dnormalized_x, da_scan, c):
     """From the scan's gradients to the gates' pre-activations: (dx via the gated input, dpre_x, dpre_a,
-    dsoftplus, the gradient of softplus(a_param)). Each line undoes one line of rglru_forward."""
+    dsoftplus, the gradient of softplus(a_param)). Each line undoes one line of rglru_forward.
+    (minigriffin/fast/fused.py runs these lines in one pass over memory for NumPy arrays.)"""
+    xp = array_namespace(dnormalized_x)
     da = xp.where(c.reset, 0.0, da_scan)                                # a_scan = where(reset, 0, a)
     gated_x = c.x * c.gate_x
     # normalized_x = gated_x * multiplier

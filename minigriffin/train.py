@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigriffin import parallel
+from minigriffin.accelerate import accelerated
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
 from minigriffin.device import DEVICES, device_namespace
@@ -53,22 +53,28 @@ from minigriffin.xp import array_namespace
 EXIT_INTERRUPTED = 130
 
 
-def _weighted_loss_and_grads(params, batch, cfg, weight):
+def weighted_loss_and_grads(params, batch, cfg, weight):
     """Mean cross-entropy over the batch's unmasked positions, and the gradient of weight * that loss."""
     logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg)
     loss, ce_cache = cross_entropy_forward(logits, batch.targets, batch.mask)
     return loss, model_backward(cross_entropy_backward(weight, ce_cache), cache)
 
 
+@accelerated
 def loss_and_grads(params, batch, cfg, workers=1):
     """Mean cross-entropy over unmasked positions of a batch, and its gradient for every parameter.
 
-    workers > 1 splits the batch's rows between that many threads, each running the same forward and backward
-    on one core (minigriffin.parallel: NumPy's elementwise work is single-threaded, so this is how a CPU step
-    uses every core). Same result up to the order of floating-point sums. CuPy arrays always use one worker."""
-    if workers > 1 and batch.tokens.shape[0] > 1 and array_namespace(batch.tokens) is np:
-        return parallel.loss_and_grads(params, batch, cfg, workers=workers, step=_weighted_loss_and_grads)
-    return _weighted_loss_and_grads(params, batch, cfg, 1.0)
+    The definition runs the whole batch in one forward and backward. With workers > 1 on NumPy arrays,
+    minigriffin.fast.parallel splits the batch's rows between that many threads instead, each running this
+    same forward and backward on one core (NumPy's elementwise work is single-threaded, so this is how a CPU
+    step uses every core): the same result up to the order of floating-point sums."""
+    return weighted_loss_and_grads(params, batch, cfg, 1.0)
+
+
+def default_workers():
+    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
+    import numba
+    return numba.get_num_threads()
 
 
 def evaluate(params, batches, cfg):
@@ -126,8 +132,8 @@ class Trainer:
         check_fits_in_memory(model_cfg, train_cfg)
         check_vocabulary(corpus, model_cfg)
         self.device = device
-        # data-parallel threads for a CPU step (minigriffin.parallel); train_cfg.cpu_workers = 0 means one per core
-        self.workers = 1 if device == "gpu" else (train_cfg.cpu_workers or parallel.default_workers())
+        # data-parallel threads for a CPU step (minigriffin.fast.parallel); train_cfg.cpu_workers = 0 means one per core
+        self.workers = 1 if device == "gpu" else (train_cfg.cpu_workers or default_workers())
         self.xp = device_namespace(device)          # numpy, or cupy (DeviceUnavailable says why not)
         self.run_dir = Path(run_dir)
         self.model_cfg, self.train_cfg = model_cfg, train_cfg

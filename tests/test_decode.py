@@ -1,4 +1,4 @@
-"""The fused T = 1 decode path (minigriffin.decode, used by forward_chunk for one token on NumPy arrays) and
+"""The fused T = 1 decode path (minigriffin.fast.decode, the accelerator of forward_chunk for one token on NumPy arrays) and
 the preallocated KV cache (inference.KVBuffer).
 
 Reference: model.model_forward on the whole sequence. Tolerances as tests/test_inference.py: float64
@@ -12,7 +12,7 @@ import pytest
 
 from strategies import assert_close_to_scale, run_chunks, tiny_model
 
-from minigriffin import decode
+from minigriffin.fast import decode, decode_attention, decode_math
 from minigriffin.inference import (AttentionState, KVBuffer, forward_chunk, init_state, state_nbytes,
                                    state_reserved_nbytes)
 from minigriffin.model import model_forward
@@ -183,7 +183,7 @@ def test_attention_core_equals_softmax_reference(n_parts):
     rng = np.random.default_rng(0)
     B, H, Dh, C, start, stop = 3, 4, 8, 120, 7, 97
     cfg, _, _ = tiny_model(CASES["mqa-global"], "float64", 1)
-    cs = decode._constants(cfg)
+    cs = decode_math.constants(cfg)
     q = rng.standard_normal((B, H, Dh))
     keys, values = rng.standard_normal((B, C, Dh)), rng.standard_normal((B, C, Dh))
     doc = np.ones((B, C), np.int64)
@@ -191,10 +191,10 @@ def test_attention_core_equals_softmax_reference(n_parts):
     doc[2, ::3] = 0                                         # row 2: scattered masked keys
     query_doc = np.ones(B, np.int64)
     view = slice(start, stop)
-    expected = _softmax_attention(q, keys[:, view], values[:, view], doc[:, view], query_doc, cs[decode.ATTN_SCALE])
+    expected = _softmax_attention(q, keys[:, view], values[:, view], doc[:, view], query_doc, cs[decode_math.ATTN_SCALE])
     rows, split = np.full((B, H * Dh), np.nan), np.full((B, H * Dh), np.nan)
-    decode.attention_core_rows(0, B, q, keys, values, doc, start, stop, query_doc, cs, rows)
-    decode.attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, split, n_parts)
+    decode_attention.attention_core_rows(0, B, q, keys, values, doc, start, stop, query_doc, cs, rows)
+    decode_attention.attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, split, n_parts)
     assert_close_to_scale(rows, expected, 1e-13)                                 # float64, rtol 1e-13
     assert_close_to_scale(split, expected, 1e-13)                                # float64, rtol 1e-13
 
@@ -209,7 +209,7 @@ def test_batch_of_one_splits_long_attention(monkeypatch):
     monkeypatch.setenv("MINIGRIFFIN_DECODE_THREADS", "2")
     monkeypatch.setattr(decode, "SPLIT_MIN_KEYS", 16)     # split from 32 keys on (the default is 256 per thread)
     calls = []
-    split = decode.attention_core_split
+    split = decode_attention.attention_core_split
     monkeypatch.setattr(decode, "attention_core_split", lambda *a: calls.append(a[-1]) or split(*a))
     segment_pos = _segment_pos(T)[1:]                      # one row, packed documents
     tokens = np.random.default_rng(4).integers(0, cfg.vocab_size, size=segment_pos.shape)
@@ -229,29 +229,29 @@ def test_bad_decode_thread_count_is_an_error(monkeypatch, raw):
 def test_nan_in_a_key_reaches_the_output():
     """The logits' dot products may be reordered (fastmath "reassoc"), but NaN must still propagate."""
     cfg, _, _ = tiny_model(CASES["mqa-global"], "float64", 1)
-    cs = decode._constants(cfg)
+    cs = decode_math.constants(cfg)
     rng = np.random.default_rng(0)
     B, H, Dh, M = 2, 4, 8, 20
     q, keys, values = rng.standard_normal((B, H, Dh)), rng.standard_normal((B, M, Dh)), rng.standard_normal((B, M, Dh))
     keys[1, 5, 3] = np.nan
     doc, query_doc, o = np.zeros((B, M), np.int64), np.zeros(B, np.int64), np.empty((B, H * Dh))
-    decode.attention_core_rows(0, B, q, keys, values, doc, 0, M, query_doc, cs, o)
+    decode_attention.attention_core_rows(0, B, q, keys, values, doc, 0, M, query_doc, cs, o)
     assert np.isfinite(o[0]).all() and np.isnan(o[1]).all()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_vectorising_exp_is_within_two_ulp_of_numpy(dtype):
-    """decode._exp against the correctly rounded exp (float32: float64 np.exp rounded; float64: np.exp, itself
+    """decode_math.exp against the correctly rounded exp (float32: float64 np.exp rounded; float64: np.exp, itself
     within an ulp) over the dtype's whole range: at most 2 ulp where the result is a normal number, at most one
     smallest subnormal in the subnormal range, and exactly inf, 0 and NaN where those are the answer."""
     cfg, _, _ = tiny_model(CASES["hawk"], dtype, 1)
-    cs = decode._constants(cfg)
+    cs = decode_math.constants(cfg)
     dt = np.dtype(dtype)
     edge = {np.float32: 89.0, np.float64: 710.0}[dt.type]
     x = np.concatenate([np.linspace(-edge - 40, edge + 5, 400_001), 5 * np.random.default_rng(0).standard_normal(100_000),
                         [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-30, -1e-30]]).astype(dt)
     got = x.copy()
-    decode._exp_in_place(got, cs)                                          # the kernels' own loop
+    decode_math.exp_in_place(got, cs)                                          # the kernels' own loop
     with np.errstate(over="ignore"):
         want = np.exp(x.astype(np.float64)).astype(dt)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))

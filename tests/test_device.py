@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import minigriffin.train as train_module
-from minigriffin import fused
 from minigriffin import xp as xp_module
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.cli import main
@@ -107,10 +106,10 @@ def _resume_and_finish(run_dir, max_steps, device="cpu"):
 
 def test_training_stays_on_the_device_and_resumes_on_the_cpu(tmp_path, corpus_dir, monkeypatch):
     """2 steps on the stand-in device, checkpoint, resume on the CPU for 2 more, equal the same 2 + 2 done on
-    the CPU throughout, bit for bit (float64, same code on both "devices", same data order). The fused
-    Numba kernels are switched off: they take only plain NumPy arrays, so the stand-in device (like CuPy)
+    the CPU throughout, bit for bit (float64, same code on both "devices", same data order). The
+    accelerators are switched off: they take only plain NumPy arrays, so the stand-in device (like CuPy)
     runs the NumPy code, and the CPU side must run the same code for the sums to match bit for bit."""
-    monkeypatch.setattr(fused, "ENABLED", False)
+    monkeypatch.setenv("MINIGRIFFIN_REFERENCE", "1")       # every accelerator off: the definitions only
     ref = _small_trainer(tmp_path / "cpu", corpus_dir, steps=2)
     ref.start_fresh()
     ref.run(log=lambda *a, **k: None)

@@ -1,4 +1,4 @@
-"""CPU data parallelism (minigriffin/parallel.py): splitting a batch's rows between threads gives the same loss
+"""CPU data parallelism (minigriffin/fast/parallel.py, the accelerator of train.loss_and_grads): splitting a batch's rows between threads gives the same loss
 and gradients as one pass over the whole batch."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from minigriffin.data import Batch
-from minigriffin.parallel import row_shares
+from minigriffin.fast.parallel import row_shares
 from minigriffin.train import loss_and_grads
 from minigriffin.tree import tree_leaves
 from strategies import tiny_model

@@ -12,17 +12,16 @@ The result is the same mean loss and gradient as the whole batch in one go (test
 floating-point sums: each share's loss is weighted by the positions it counts, n_i / N, before its backward.
 So a run's numbers depend slightly on how many workers it used; resume is bit-exact for the same count.
 
-    loss, grads = loss_and_grads(params, batch, cfg, workers=2, step=one_share)
-
-`one_share(params, batch, cfg, weight) -> (mean loss of that share, gradients of weight * that loss)`.
-This is the CPU's answer; on a GPU one device already runs every operation in parallel (train.py uses one
-worker for CuPy arrays).
+loss_and_grads is registered in minigriffin/fast/__init__.py as the fast version of train.loss_and_grads
+for NumPy batches of more than one row with workers > 1; each share runs train.weighted_loss_and_grads,
+the definition. This is the CPU's answer; on a GPU one device already runs every operation in parallel.
 """
 
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from minigriffin.train import weighted_loss_and_grads
 from minigriffin.tree import tree_leaves
 
 _POOLS = {}                     # workers -> ThreadPoolExecutor, made once and reused (threads are cheap to keep)
@@ -49,12 +48,6 @@ def _one_blas_thread():
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def default_workers():
-    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
-    import numba
-    return numba.get_num_threads()
-
-
 def row_shares(batch_size, workers):
     """[slice] of batch rows, as even as possible: 8 rows, 3 workers -> 3, 3, 2."""
     workers = max(1, min(workers, batch_size))
@@ -62,9 +55,10 @@ def row_shares(batch_size, workers):
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def loss_and_grads(params, batch, cfg, *, workers, step):
-    """Mean loss over the batch's counted positions and its gradients, computed by `workers` threads.
+def loss_and_grads(params, batch, cfg, workers=1):
+    """train.loss_and_grads computed by `workers` threads, each on a share of the batch's rows.
     batch: a NamedTuple of (B, T) arrays with a `mask` field (None: every position counts)."""
+    step = weighted_loss_and_grads
     B, T = batch.tokens.shape
     shares = []
     for rows in row_shares(B, workers):

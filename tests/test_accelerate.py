@@ -1,7 +1,7 @@
-"""The fused Numba kernels (minigriffin/fused.py) equal the NumPy code they replace, which stays the definition.
+"""Every accelerator (minigriffin/fast/, attached with minigriffin/accelerate.py) equals the definition it stands for.
 
-Each layer is run twice on the same inputs, with the kernels on and off (fused.ENABLED), in float64 and
-float32, with the serial and the multithreaded builds each forced. The finite-difference checks in
+The fused Numba kernels (fast/fused.py): each layer is run on the same inputs with the accelerators on and off
+(MINIGRIFFIN_REFERENCE=1), in float64 and float32, with the serial and the multithreaded builds each forced. The finite-difference checks in
 test_components.py run the fused path (it is the default for NumPy arrays), so together these show both
 paths are right. Tolerances, relative to each output's largest magnitude: float64 1e-13 (only the order of
 operations differs); float32 4 ulp (the same formulas in float32 arithmetic, again in another order).
@@ -10,7 +10,8 @@ operations differs); float32 4 ulp (the same formulas in float32 arithmetic, aga
 import numpy as np
 import pytest
 
-from minigriffin import fused
+from minigriffin.accelerate import accelerated, accelerators, reference_only, register
+from minigriffin.fast import fused
 from minigriffin.layers import gelu_tanh_backward, gelu_tanh_forward, mlp_backward, mlp_forward
 from minigriffin.rglru import rglru_backward, rglru_forward
 from minigriffin.tree import tree_leaves
@@ -30,9 +31,9 @@ def _close(fast, slow, dtype, what):
 def _both_ways(monkeypatch, fn):
     """fn() with the kernels on (each build forced) and off: [(label, result)]."""
     results = []
-    for label, threshold, enabled in [("serial", 1 << 62, True), ("parallel", 0, True), ("numpy", 0, False)]:
+    for label, threshold, reference in [("serial", 1 << 62, "0"), ("parallel", 0, "0"), ("numpy", 0, "1")]:
         monkeypatch.setattr(fused, "PARALLEL_MIN_ELEMENTS", threshold)
-        monkeypatch.setattr(fused, "ENABLED", enabled)
+        monkeypatch.setenv("MINIGRIFFIN_REFERENCE", reference)
         results.append((label, fn()))
     return results
 
@@ -118,6 +119,58 @@ def test_rglru_backward_fused_equals_numpy(monkeypatch, dtype, shape):
 
 
 def test_kernels_only_take_numpy_float_arrays():
-    assert fused.applies(np.ones(3, np.float32), np.ones(3))
-    assert not fused.applies(np.ones(3, np.int64))
-    assert not fused.applies(np.ones(3).view(type("Sub", (np.ndarray,), {})))    # e.g. a device stand-in
+    assert fused.numpy_floats(np.ones(3, np.float32), np.ones(3))
+    assert not fused.numpy_floats(np.ones(3, np.int64))
+    assert not fused.numpy_floats(np.ones(3).view(type("Sub", (np.ndarray,), {})))    # e.g. a device stand-in
+
+
+# Where each registered accelerator is shown equal to its reference (a new one without a test fails below).
+COVERED = {
+    "minigriffin.layers.gelu_tanh_forward": "test_gelu_fused_equals_numpy",
+    "minigriffin.layers.gelu_tanh_backward": "test_gelu_fused_equals_numpy",
+    "minigriffin.layers.gated_gelu_forward": "test_mlp_fused_equals_numpy",
+    "minigriffin.layers.gated_gelu_backward": "test_mlp_fused_equals_numpy",
+    "minigriffin.rglru.rglru_gates_backward": "test_rglru_backward_fused_equals_numpy",
+    "minigriffin.train.loss_and_grads": "tests/test_parallel.py (rows split between threads == one pass)",
+    "minigriffin.inference.forward_chunk": "tests/test_decode.py (token by token == model_forward)",
+}
+
+
+def test_every_accelerator_is_checked_against_its_reference():
+    registered = {key for key, found in accelerators().items() if found}
+    assert registered == set(COVERED), f"accelerators without a test here: {registered - set(COVERED)}"
+
+
+def test_the_reference_switch_and_the_dispatch(monkeypatch):
+    """A registered fast version runs when it applies and MINIGRIFFIN_REFERENCE is not set; otherwise the
+    definition runs. register() refuses a function that is not @accelerated, and a second registration."""
+    calls = []
+
+    @accelerated
+    def double(x):
+        calls.append("reference")
+        return 2 * x
+
+    @register(double, applies=lambda x: x > 0)
+    def double_fast(x):
+        calls.append("fast")
+        return x + x
+
+    monkeypatch.delenv("MINIGRIFFIN_REFERENCE", raising=False)
+    assert not reference_only()
+    assert double(3) == 6 and double(-1) == -2 and calls == ["fast", "reference"]
+    monkeypatch.setenv("MINIGRIFFIN_REFERENCE", "1")
+    assert reference_only() and double(3) == 6 and calls[-1] == "reference"
+    with pytest.raises(TypeError, match="not marked @accelerated"):
+        register(lambda x: x, applies=lambda x: True)(lambda x: x)
+    with pytest.raises(ValueError, match="already registered"):
+        register(double, applies=lambda x: True)(double_fast)
+
+
+def test_importing_the_package_registers_without_numba():
+    import subprocess
+    import sys
+    code = ("import sys, minigriffin; from minigriffin.accelerate import accelerators; "
+            "print(sum(len(v) for v in accelerators().values()), 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(COVERED)), "False"]

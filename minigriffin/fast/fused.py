@@ -10,32 +10,36 @@ in place, and a Numba pass for the rest: 3 passes, not 8.
 
 Rules for every kernel here:
   - no `fastmath`: each multiply and add is IEEE, as in NumPy (the order may differ, so float64 results agree
-    with the NumPy code to ~1e-16 relative, not bit for bit; tests/test_fused.py checks float32 and float64);
+    with the NumPy code to ~1e-16 relative, not bit for bit; tests/test_accelerate.py checks float32 and float64);
   - constants are passed in the array's dtype, so float32 arithmetic stays float32 (a Python float literal
     would make Numba compute in float64, unlike NumPy, which casts Python scalars to the array's dtype);
   - inputs are 2-D C-contiguous (rows, channels) views of the (B, T, ...) activations;
-  - each kernel has a serial and a multithreaded build. Inside a data-parallel worker (minigriffin.parallel,
+  - each kernel has a serial and a multithreaded build. Inside a data-parallel worker (minigriffin.fast.parallel,
     one Numba thread) the serial one runs, so two Python threads never launch parallel regions at once
     (Numba's fallback "workqueue" threading layer does not allow that).
 
-Disable with MINIGRIFFIN_FUSED=0 (then every layer runs its NumPy code; useful to compare). Numba is imported
-and the kernels compiled (or loaded from Numba's cache) on first use, never at import.
+The functions at the end take and return exactly what the reference functions they stand for do
+(layers.gelu_tanh_forward, layers.gelu_tanh_backward, layers.gated_gelu_forward, layers.gated_gelu_backward,
+rglru.rglru_gates_backward); minigriffin/fast/__init__.py registers them, for NumPy float arrays only.
+MINIGRIFFIN_REFERENCE=1 turns them off with every other accelerator. Numba is imported and the kernels
+compiled (or loaded from Numba's cache) on first use, never at import.
 """
 
 import functools
-import math
-import os
 
 import numpy as np
 
-ENABLED = os.environ.get("MINIGRIFFIN_FUSED", "1") != "0"
-_GELU_C = math.sqrt(2.0 / math.pi)
+from minigriffin.layers import GELU_C
+from minigriffin.layers import GeluCache
+from minigriffin.rglru import C as RGLRU_C
+from minigriffin.rglru import MAX_SQRT_GRADIENT
+
 PARALLEL_MIN_ELEMENTS = 1 << 16          # below this, starting the thread team costs more than the work
 
 
-def applies(*arrays):
-    """Whether the fused kernels run for these arrays: plain NumPy float arrays (CuPy arrays run the array code)."""
-    return ENABLED and all(type(arr) is np.ndarray and arr.dtype in (np.float32, np.float64) for arr in arrays)
+def numpy_floats(*arrays):
+    """Whether the fused kernels can take these arrays: plain NumPy float arrays (CuPy arrays run the reference)."""
+    return all(type(arr) is np.ndarray and arr.dtype in (np.float32, np.float64) for arr in arrays)
 
 
 def _rows(arr):
@@ -100,22 +104,23 @@ def _gelu_backward_body(dy, x, t, grad, half, one, k3, c):  # pragma: no cover -
 
 
 def gelu_tanh_forward(x):
-    """(out, tanh_u) for GeLU's tanh approximation; x: (..., F). The fused version of layers.gelu_tanh_forward."""
+    """layers.gelu_tanh_forward in 3 passes: (out, GeluCache(x, tanh_u)); x: (..., F)."""
     x2 = _rows(x)
     tanh_u = np.empty_like(x2)
-    _pick("gelu_inner", x2.size)(x2, tanh_u, _c(x2, 0.044715 * _GELU_C), _c(x2, _GELU_C))
+    _pick("gelu_inner", x2.size)(x2, tanh_u, _c(x2, 0.044715 * GELU_C), _c(x2, GELU_C))
     np.tanh(tanh_u, out=tanh_u)                                  # NumPy's SIMD tanh, in place
     out = np.empty_like(x2)
     _pick("gelu_outer", x2.size)(x2, tanh_u, out, _c(x2, 0.5), _c(x2, 1.0))
-    return out.reshape(x.shape), tanh_u.reshape(x.shape)
+    return out.reshape(x.shape), GeluCache(x, tanh_u.reshape(x.shape))
 
 
-def gelu_tanh_backward(dy, x, tanh_u):
-    """dx for GeLU given the forward's x and tanh_u; all (..., F)."""
+def gelu_tanh_backward(dy, cache):
+    """layers.gelu_tanh_backward in one pass: dx, (..., F)."""
+    x, tanh_u = cache
     x2 = _rows(x)
     grad = np.empty_like(x2)
     _pick("gelu_backward", x2.size)(_rows(dy), x2, _rows(tanh_u), grad, _c(x2, 0.5), _c(x2, 1.0),
-                                    _c(x2, 3 * 0.044715 * _GELU_C), _c(x2, _GELU_C))
+                                    _c(x2, 3 * 0.044715 * GELU_C), _c(x2, GELU_C))
     return grad.reshape(x.shape)
 
 
@@ -143,25 +148,27 @@ def _gate_backward_body(dhidden, up0, up1, t, gate, dup0, dup1, half, one, k3, c
 
 
 
-def mlp_gate_forward(up):
-    """up: (2, ..., F) both branches (bias included) -> gate = gelu(up[0]), hidden = gate * up[1], tanh_u."""
+def gated_gelu_forward(up):
+    """layers.gated_gelu_forward in 3 passes: up (2, ..., F) -> gate = gelu(up[0]), hidden = gate * up[1],
+    GeluCache(up[0], tanh_u)."""
     up0, up1 = _rows(up[0]), _rows(up[1])
     tanh_u = np.empty_like(up0)
-    _pick("gelu_inner", up0.size)(up0, tanh_u, _c(up0, 0.044715 * _GELU_C), _c(up0, _GELU_C))
+    _pick("gelu_inner", up0.size)(up0, tanh_u, _c(up0, 0.044715 * GELU_C), _c(up0, GELU_C))
     np.tanh(tanh_u, out=tanh_u)
     gate, hidden = np.empty_like(up0), np.empty_like(up0)
     _pick("gate_outer", up0.size)(up0, tanh_u, up1, gate, hidden, _c(up0, 0.5), _c(up0, 1.0))
     shape = up.shape[1:]
-    return gate.reshape(shape), hidden.reshape(shape), tanh_u.reshape(shape)
+    return gate.reshape(shape), hidden.reshape(shape), GeluCache(up[0], tanh_u.reshape(shape))
 
 
-def mlp_gate_backward(dhidden, up, gate, tanh_u):
-    """dup: (2, ..., F), the gradients of both branches from dhidden: (..., F)."""
+def gated_gelu_backward(dhidden, up, gate, gelu_cache):
+    """layers.gated_gelu_backward in one pass: dup (2, ..., F), the gradients of both branches."""
+    tanh_u = gelu_cache.tanh_u
     dup = np.empty(up.shape, up.dtype)                           # (2, ..., F)
     up0 = _rows(up[0])
     _pick("gate_backward", up0.size)(_rows(dhidden), up0, _rows(up[1]), _rows(tanh_u), _rows(gate),
                                      dup[0].reshape(up0.shape), dup[1].reshape(up0.shape), _c(up0, 0.5),
-                                     _c(up0, 1.0), _c(up0, 3 * 0.044715 * _GELU_C), _c(up0, _GELU_C))
+                                     _c(up0, 1.0), _c(up0, 3 * 0.044715 * GELU_C), _c(up0, GELU_C))
     return dup
 
 
@@ -198,10 +205,10 @@ def _rglru_backward_body(dnx, da_scan, reset, x, gate_x, gate_a, a, a_square, mu
 
 
 
-def rglru_gates_backward(dnormalized_x, da_scan, reset, c, max_sqrt_gradient, C):
-    """(dx from the gated input, dpre_x, dpre_a, dsoftplus = the gradient of softplus(a_param)) for
-    rglru_backward: rglru._gates_backward in one pass.
-    dnormalized_x, da_scan: (B, T, E); reset: (B, T, 1) bool; c: the RGLRUCache."""
+def rglru_gates_backward(dnormalized_x, da_scan, c):
+    """rglru.rglru_gates_backward in one pass: (dx from the gated input, dpre_x, dpre_a, dsoftplus = the
+    gradient of softplus(a_param)). dnormalized_x, da_scan: (B, T, E); c: the RGLRUCache."""
+    reset, max_sqrt_gradient, C = c.reset, MAX_SQRT_GRADIENT, RGLRU_C
     x = _rows(c.x)
     rows, E = x.shape
     dx, dpre_x, dpre_a, da_param_rows = (np.empty_like(x) for _ in range(4))
