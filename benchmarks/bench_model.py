@@ -68,7 +68,7 @@ def matmul_flops(cfg, batch, seq):
 
 def minigriffin_step(cfg, params, tokens, segment_pos, targets, workers=1):
     """What `minigriffin train` runs for a batch: train.loss_and_grads (forward, mean cross-entropy, backward),
-    with `workers` data-parallel threads on the CPU (minigriffin/parallel.py; 1 = one thread of Python with
+    with `workers` data-parallel threads on the CPU (minigriffin/fast/parallel.py; 1 = one thread of Python with
     OpenBLAS and Numba using their own threads)."""
     from minigriffin.data import Batch
     from minigriffin.train import loss_and_grads

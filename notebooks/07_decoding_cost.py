@@ -201,7 +201,7 @@ plt.show()
 
 # %% [markdown]
 # The dotted lines are the bandwidth floor of eq. 5. A single-token step here runs fused Numba kernels
-# (`minigriffin/decode.py`: one compiled call per recurrent block, a BLAS product and one pass over the values per
+# (`minigriffin/fast/decode.py`: one compiled call per recurrent block, a BLAS product and one pass over the values per
 # attention block) and appends the new key and value to a preallocated cache in place, so it reads each parameter and
 # each cached key and value about once; what keeps it above the floor is arithmetic done without fused
 # multiply-adds, the softmax's exponentials, and a few Python calls per block. Small caches also still fit in the

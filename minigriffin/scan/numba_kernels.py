@@ -225,7 +225,7 @@ def variant(body, suffix, **options):
     types, not the compile options. Two dispatchers of one function, one with parallel=True and one
     without, would therefore share an entry, and whichever compiled first would be loaded by the other: the
     "parallel" kernel could run on one thread (docs/benchmarks.md, "A cache bug"). A copy of the function
-    with a distinct __qualname__ gets its own entry. Also used by minigriffin/fused.py.
+    with a distinct __qualname__ gets its own entry. Also used by minigriffin/fast/fused.py.
     """
     clone = types.FunctionType(body.__code__, body.__globals__, body.__name__ + suffix, body.__defaults__,
                                body.__closure__)
