@@ -150,6 +150,7 @@ def _groups(B):
     return max(1, min(B, decode_threads()))
 
 
+# Keys per thread below which attention_core_split is not worth its two parallel regions (docs/benchmarks.md).
 SPLIT_MIN_KEYS = 256
 
 

@@ -55,13 +55,12 @@ def scaled_logits(r0, r1, q, keys, doc, start, k0, k1, query_doc, cs, logits, m)
 
     q: (B, H, Dh); keys: (B, C, Dh) and doc: (B, C) the cache buffers (C-contiguous, so that each key row is
     a contiguous vector: a view of the entries [start, stop) would skip the rest of each buffer row, and
-    Numba cannot vectorise a strided array's inner loop; that ran 3.7x slower, measured). Writes
+    Numba cannot vectorise a strided array's inner loop). Writes
     logits[b - r0, s - start, h] = scale * k_s.q_h, -inf where masked, and m[b - r0, h] the max over the
     visible keys (-inf where none is). Key s is visible iff doc[b, s] == query_doc[b] (every cached key is
     inside the window by construction; the query's own key always is). In the reference a masked logit is
     MIN_LOGITS_VALUE, whose exp(MIN - max) is exactly 0; exp(-inf - max) is exactly 0 too. One pass over the
-    keys; it beat OpenBLAS's (M, Dh) x (Dh, H) product (0.28 against 0.38 ms at 16k keys), whose calls from
-    two threads at once also ran slower than one after the other."""
+    keys, which beats OpenBLAS's (M, Dh) x (Dh, H) product here (docs/benchmarks.md, "Decode kernels")."""
     H = q.shape[1]
     neg_inf = -np.inf
     top = np.empty(H, logits.dtype)      # the running max, local: m's rows can share a cache line with
@@ -216,17 +215,12 @@ def attention_block_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, k
                           wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, x_out):  # pragma: no cover
     """A whole attention residual block for rows [r0, r1) in one call: attention_in_rows,
     attention_core_rows, attention_out_rows. One call instead of five per block and row group: with two
-    row groups, each Python-level call waits for the GIL while the other thread holds it, and fusing them
-    made MQA batch-8 steps 6-9% faster (median of five runs: 3.70 against 4.07 ms at 256 keys, 5.46
-    against 5.82 at 1k)."""
+    row groups, each Python-level call waits for the GIL while the other thread holds it."""
     attention_in_rows(r0, r1, x, sin, cos, tscale, wq_t, wk_t, wv_t, cs, q, k_out, v_out)
     attention_core_rows(r0, r1, q, keys, values, doc, start, stop, query_doc, cs, o)
     attention_out_rows(r0, r1, x, o, wf_t, bf, cscale, w_up, b_up, w_down_t, b_down, cs, x_out)
 
 
-# Keys per thread below which attention_core_split is not worth its two parallel regions. Measured with
-# 256 (MQA, batch 1, ms per step, one thread against two): 1k keys 2.9 against 2.1-2.9, 4k keys 4.5 against
-# 3.0-3.8; with the thread pool it replaced (a Python hand-off and a NumPy combine) 4k keys were slower split.
 def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_parts):
     """attention_core_rows for every row, with the entries [start, stop) cut into n_parts runs taken by
     n_parts Numba threads: how a batch of one uses a second core at long contexts. Two parallel regions, one
@@ -234,8 +228,8 @@ def attention_core_split(q, keys, values, doc, start, stop, query_doc, cs, o, n_
     sum_s p_s and sum_s p_s v_s, which add up because every run used the same max; the exp on this
     thread between them. Call it from one Python thread at a time (Numba's workqueue layer forbids concurrent
     parallel regions); decode_step does, for B = 1 only. Numba's OpenMP threads spin for a while
-    after each region, so other busy threads of the same process lose that core meanwhile (batch-8 steps
-    taking turns with batch-1 steps ran 2x slower, measured): one more reason the default is one thread."""
+    after each region, so other busy threads of the same process lose that core meanwhile: one more reason
+    the default is one thread."""
     B, H, Dh = q.shape
     maxes = np.empty((n_parts, B, H), q.dtype)                             # (n_parts, B, H) each run's max
     m = np.empty((B, H), q.dtype)                                          # (B, H) the max over all runs

@@ -43,7 +43,7 @@ def recurrent_rows(r0, r1, x, reset, doc, h, conv_x, conv_doc,
         r = r0 + b
         # A document start drops the state: a = 0 and sqrt(1 - a^2) = 1 there, written as a multiplication
         # by keep = 0 rather than a branch or a select, either of which stopped LLVM vectorising the loop
-        # (138 and 118 against 21 us for 8 rows of 256, measured). Exact whenever log a is a number, since
+        # (docs/benchmarks.md, "Decode kernels"). Exact whenever log a is a number, since
         # exp(log a) is then finite; a NaN log a (a NaN gate, or softplus(a_param) = inf times r = 0) gives
         # NaN here where the reference's where() would give 0 at a reset. Row views keep the indexing 1-D.
         keep = cs[ZERO] if reset[r] else cs[ONE]
