@@ -1,12 +1,13 @@
-"""The CUDA scan kernels (minigriffin/kernels/scan.cu), checked without a GPU.
+"""The CUDA scan kernels (minigriffin/scan/cuda/scan.cu), checked without a GPU.
 
 1. nvcc compiles the source to PTX for sm_80 and sm_90, warnings as errors, so a syntax or type error
    fails CI (skipped, visibly, where nvcc is absent).
-2. g++ compiles the same source for the CPU through minigriffin/kernels/host_shim.h, which runs every
+2. g++ compiles the same source for the CPU through minigriffin/scan/cuda/host_shim.h, which runs every
    thread of a launch in turn; the Hypothesis properties of tests/test_scan_backends.py then compare both
    strategies (one thread per channel; chunk-local scan + carry scan + fix-up) with the reference scan,
    forward and backward, through the public linear_scan / linear_scan_backward and the launch logic the
-   CuPy backend uses (minigriffin.kernels.run_scan). What the shim cannot show is listed in docs/gpu.md.
+   CuPy backend uses (minigriffin.scan.cuda.planner.run_scan). What the shim cannot show is listed in
+   docs/gpu.md.
 """
 
 import ctypes
@@ -22,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigriffin.scan as scan_registry
-from minigriffin import kernels
-from minigriffin.scan import linear_scan, linear_scan_backward
-from minigriffin.scan.cupy_gpu import NVRTC_OPTIONS
+from minigriffin.scan import cuda, linear_scan, linear_scan_backward
+from minigriffin.scan.cuda import planner
+from minigriffin.scan.cuda.cupy_backend import NVRTC_OPTIONS
 from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 NVCC = shutil.which("nvcc")
@@ -34,7 +35,7 @@ SHIM_CAPACITY = 64                     # a small "device", so that strategy "aut
 STRATEGIES = ("channels", "chunked", "auto")
 # Threads per block: small blocks give launches of many blocks (Hypothesis shapes have at most 132 channels),
 # and sizes that divide nothing leave partial last blocks.
-BLOCKS = st.sampled_from([1, 7, 32, kernels.BLOCK])
+BLOCKS = st.sampled_from([1, 7, 32, planner.BLOCK])
 
 
 # --- 1. The source compiles for the GPU -------------------------------------------------------------------
@@ -44,16 +45,16 @@ BLOCKS = st.sampled_from([1, 7, 32, kernels.BLOCK])
 def test_source_compiles_to_ptx(arch, tmp_path):
     ptx = tmp_path / f"scan_{arch}.ptx"
     result = subprocess.run([NVCC, "-ptx", f"-arch={arch}", *NVRTC_OPTIONS, "-Werror", "all-warnings",
-                             str(kernels.SCAN_SOURCE), "-o", str(ptx)], capture_output=True, text=True)
+                             str(cuda.SCAN_SOURCE), "-o", str(ptx)], capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed for {arch}:\n{result.stderr}"
     entries = set(re.findall(r"\.entry\s+(\w+)\(", ptx.read_text()))
-    assert entries == set(kernels.KERNEL_NAMES), f"PTX entry points {sorted(entries)}"
+    assert entries == set(cuda.KERNEL_NAMES), f"PTX entry points {sorted(entries)}"
 
 
 def test_source_includes_nothing():
     """NVRTC (what CuPy compiles with) has no standard headers, and nvcc silently includes cuda_runtime.h,
     so the nvcc test above would not catch a dependency on a header. The source must need none."""
-    assert not re.search(r"^\s*#\s*include", kernels.read_source(), re.MULTILINE)
+    assert not re.search(r"^\s*#\s*include", cuda.read_source(), re.MULTILINE)
 
 
 # --- 2. The host shim: the same source on the CPU ----------------------------------------------------------
@@ -65,7 +66,7 @@ class HostShim:
 
     def __init__(self, path):
         self.lib = ctypes.CDLL(str(path))
-        for name in kernels.KERNEL_NAMES:
+        for name in cuda.KERNEL_NAMES:
             getattr(self.lib, f"host_{name}").restype = ctypes.c_int
             getattr(self.lib, f"host_signature_{name}").restype = ctypes.c_char_p
 
@@ -107,11 +108,11 @@ def shim(tmp_path_factory):
     folder = tmp_path_factory.mktemp("host_shim")
     driver = folder / "driver.cpp"
     driver.write_text('#include "host_shim.h"\n#include "scan.cu"\n'
-                      + "".join(f"HOST_SHIM_EXPORT({name})\n" for name in kernels.KERNEL_NAMES))
+                      + "".join(f"HOST_SHIM_EXPORT({name})\n" for name in cuda.KERNEL_NAMES))
     library = folder / "libscan_host.so"
     # -ffp-contract=off: no fused multiply-add, like the --fmad=false the GPU build uses.
     result = subprocess.run([GXX, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
-                             "-fPIC", "-shared", f"-I{kernels.KERNEL_DIR}", str(driver), "-o", str(library)],
+                             "-fPIC", "-shared", f"-I{cuda.KERNEL_DIR}", str(driver), "-o", str(library)],
                             capture_output=True, text=True)
     assert result.returncode == 0, f"g++ failed to build the host shim:\n{result.stderr}"
     host = HostShim(library)
@@ -119,9 +120,9 @@ def shim(tmp_path_factory):
     return host
 
 
-def shim_scan(shim, x, a, h0, reverse, out, strategy, chunk_len=None, block=kernels.BLOCK):
+def shim_scan(shim, x, a, h0, reverse, out, strategy, chunk_len=None, block=planner.BLOCK):
     """run_scan through the shim: the CuPy backend's launch logic, with the CPU standing in for the GPU."""
-    _, plan = kernels.run_scan(x, a, h0, reverse, out, launch=shim.launch, capacity=SHIM_CAPACITY,
+    _, plan = planner.run_scan(x, a, h0, reverse, out, launch=shim.launch, capacity=SHIM_CAPACITY,
                                strategy=strategy, chunk_len=chunk_len, block=block)
     return plan
 
@@ -135,7 +136,7 @@ def shim_backends(shim):
     with pytest.MonkeyPatch.context() as mp:
         for strategy in STRATEGIES:
             module = types.ModuleType(f"_minigriffin_test_shim_{strategy}")
-            module.chunk_len, module.block, module.plans = None, kernels.BLOCK, []
+            module.chunk_len, module.block, module.plans = None, planner.BLOCK, []
 
             def scan(x, a, h0, reverse, out, module=module, strategy=strategy):
                 module.plans.append(shim_scan(shim, x, a, h0, reverse, out, strategy, module.chunk_len,
@@ -165,7 +166,7 @@ def test_forward_equals_reference(shim_backends, strategy, case, chunk_len, bloc
     (plan,) = module.plans
     T = case.x.shape[1]
     if strategy == "chunked":
-        assert plan == kernels.Plan("chunked", min(chunk_len, T), -(-T // min(chunk_len, T)))
+        assert plan == planner.Plan("chunked", min(chunk_len, T), -(-T // min(chunk_len, T)))
     if plan.strategy == "channels":
         # One thread walks each channel with the reference's multiply-then-add (no FMA): bit for bit.
         np.testing.assert_array_equal(h, h_ref)
@@ -287,14 +288,14 @@ def test_launch_arguments_are_checked(shim):
 
 def test_choose_plan():
     capacity = 132 * 2048                                  # an H100/H200: SMs x resident threads per SM
-    assert kernels.choose_plan(128, 4096, 4096, capacity).strategy == "channels"      # channels fill it
-    assert kernels.choose_plan(8, 4096, 4096, capacity) == kernels.Plan("chunked", 456, 9)    # 32k channels
-    assert kernels.choose_plan(1, 100, 16, capacity).strategy == "channels"           # too short to split
-    plan = kernels.choose_plan(1, 100_000, 16, capacity)                               # few channels, long
-    assert plan.strategy == "chunked" and plan.chunk_len >= kernels.MIN_CHUNK
+    assert planner.choose_plan(128, 4096, 4096, capacity).strategy == "channels"      # channels fill it
+    assert planner.choose_plan(8, 4096, 4096, capacity) == planner.Plan("chunked", 456, 9)    # 32k channels
+    assert planner.choose_plan(1, 100, 16, capacity).strategy == "channels"           # too short to split
+    plan = planner.choose_plan(1, 100_000, 16, capacity)                               # few channels, long
+    assert plan.strategy == "chunked" and plan.chunk_len >= planner.MIN_CHUNK
     assert plan.n_chunks == -(-100_000 // plan.chunk_len) and 16 * plan.n_chunks <= 2 * capacity
-    assert kernels.choose_plan(2, 10, 3, capacity, "chunked", chunk_len=4) == kernels.Plan("chunked", 4, 3)
-    assert kernels.choose_plan(2, 10, 3, capacity, "chunked", chunk_len=99) == kernels.Plan("chunked", 10, 1)
-    assert kernels.choose_plan(2, 1, 3, capacity, "chunked", chunk_len=5) == kernels.Plan("chunked", 1, 1)
+    assert planner.choose_plan(2, 10, 3, capacity, "chunked", chunk_len=4) == planner.Plan("chunked", 4, 3)
+    assert planner.choose_plan(2, 10, 3, capacity, "chunked", chunk_len=99) == planner.Plan("chunked", 10, 1)
+    assert planner.choose_plan(2, 1, 3, capacity, "chunked", chunk_len=5) == planner.Plan("chunked", 1, 1)
     with pytest.raises(ValueError, match="unknown strategy"):
-        kernels.choose_plan(1, 1, 1, capacity, "warp")
+        planner.choose_plan(1, 1, 1, capacity, "warp")

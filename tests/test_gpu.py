@@ -16,15 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigriffin.scan as scan_registry
-from minigriffin import kernels
-from minigriffin.scan import BackendUnavailable, linear_scan, linear_scan_backward
+from minigriffin.scan import BackendUnavailable, cuda, linear_scan, linear_scan_backward
 from minigriffin import xp
-from minigriffin.scan import cupy_gpu
+from minigriffin.scan.cuda import cupy_backend, planner
 from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 GPU_REASON = scan_registry.unavailable_reason("cupy")      # None when the cupy backend can run here
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU for the cupy backend: {GPU_REASON}")
-cupy = cupy_gpu.cupy if GPU_REASON is None else None
+cupy = cupy_backend.cupy if GPU_REASON is None else None
 EXAMPLES = settings(max_examples=40)
 
 
@@ -38,8 +37,8 @@ def to_gpu(case):
 @needs_gpu
 def test_all_kernels_compile_with_nvrtc():
     device = cupy.cuda.Device().id
-    for name in kernels.KERNEL_NAMES:
-        cupy_gpu._function(device, name)
+    for name in cuda.KERNEL_NAMES:
+        cupy_backend._function(device, name)
 
 
 @pytest.mark.gpu
@@ -61,7 +60,7 @@ def test_forward_equals_reference(case):
 @needs_gpu
 @EXAMPLES
 @given(case=scan_cases(), strategy=st.sampled_from(["channels", "chunked"]), chunk_len=st.integers(1, 40),
-       block=st.sampled_from([32, 64, kernels.BLOCK]))
+       block=st.sampled_from([32, 64, planner.BLOCK]))
 def test_both_strategies_equal_reference(case, strategy, chunk_len, block):
     """Each strategy forced, whatever the device's size would pick, with chunks that need not divide T."""
     x, a, h0 = to_gpu(case)
@@ -69,8 +68,8 @@ def test_both_strategies_equal_reference(case, strategy, chunk_len, block):
     h0 = cupy.zeros((B, D), x.dtype) if h0 is None else h0
     out = cupy.empty_like(x)
     device = x.device.id
-    kernels.run_scan(x, a, h0, case.reverse, out, launch=cupy_gpu.launcher(device),
-                     capacity=cupy_gpu.capacity(device), strategy=strategy, chunk_len=chunk_len, block=block)
+    planner.run_scan(x, a, h0, case.reverse, out, launch=cupy_backend.launcher(device),
+                     capacity=cupy_backend.capacity(device), strategy=strategy, chunk_len=chunk_len, block=block)
     h_ref, _ = linear_scan(case.x, case.a, case.h0, reverse=case.reverse, backend="reference")
     if strategy == "channels":
         # Compiled with --fmad=false: the reference's multiply-then-add, so bit for bit (as on the host shim).
@@ -158,7 +157,7 @@ def test_host_array_among_device_arrays_is_named():
     out = cupy.zeros_like(x)
     for args, culprit in (((x, a, h0, False, np.empty_like(x_host)), "out"), ((x, a, h0_host, False, out), "h0")):
         with pytest.raises(TypeError, match=rf"{culprit} is a NumPy array \(host memory\) but x is on {on}"):
-            cupy_gpu.scan(*args)
+            cupy_backend.scan(*args)
     assert not out.any()                       # refused before any launch: the buffer was never written
 
 
@@ -184,7 +183,7 @@ def test_arrays_on_another_gpu_are_named():
         with pytest.raises(ValueError, match="a is on cuda:1 but dh is on cuda:0"):
             linear_scan_backward(cupy.ones_like(x0), None, a1, x0, backend="cupy")
         with pytest.raises(ValueError, match="out is on cuda:1 but x is on cuda:0"):
-            cupy_gpu.scan(x0, a0, cupy.zeros((2, 5), np.float32), False, out1)
+            cupy_backend.scan(x0, a0, cupy.zeros((2, 5), np.float32), False, out1)
         # x on cuda:1 while cuda:0 is current: linear_scan's own buffers land on cuda:0 (CuPy allocates on the
         # current device), and the backend says so instead of launching on cuda:1 with cuda:0 pointers.
         # (out, or h0 if a later CuPy's empty_like follows its prototype's device: CuPy issue #3457)
@@ -235,10 +234,10 @@ def fake_cupy(count=1, status=None, driver=12040, runtime=12040):
 @pytest.fixture
 def fresh_reason(monkeypatch):
     """unavailable_reason is cached per process: clear it around a test that swaps CuPy out."""
-    cupy_gpu.unavailable_reason.cache_clear()
+    cupy_backend.unavailable_reason.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
-    cupy_gpu.unavailable_reason.cache_clear()
+    cupy_backend.unavailable_reason.cache_clear()
 
 
 @pytest.mark.parametrize("fake,expected", [
@@ -250,9 +249,9 @@ def fresh_reason(monkeypatch):
     (None, "cannot be imported (ImportError: libcudart.so"),
 ])
 def test_unavailable_reasons(fresh_reason, fake, expected):
-    fresh_reason.setattr(cupy_gpu, "cupy", None if fake is None else fake_cupy(**fake))
-    fresh_reason.setattr(cupy_gpu, "_IMPORT_ERROR", "ImportError: libcudart.so.12: cannot open shared object")
-    reason = cupy_gpu.unavailable_reason()
+    fresh_reason.setattr(cupy_backend, "cupy", None if fake is None else fake_cupy(**fake))
+    fresh_reason.setattr(cupy_backend, "_IMPORT_ERROR", "ImportError: libcudart.so.12: cannot open shared object")
+    reason = cupy_backend.unavailable_reason()
     assert expected in reason
     # Through the registry (pretending the cupy package is installed): the same cause, as BackendUnavailable.
     find_spec = importlib.util.find_spec
@@ -264,8 +263,8 @@ def test_unavailable_reasons(fresh_reason, fake, expected):
 
 
 def test_usable_gpu_has_no_reason(fresh_reason):
-    fresh_reason.setattr(cupy_gpu, "cupy", fake_cupy())
-    assert cupy_gpu.unavailable_reason() is None
+    fresh_reason.setattr(cupy_backend, "cupy", fake_cupy())
+    assert cupy_backend.unavailable_reason() is None
 
 
 # --- Device checks without a GPU: stand-ins with the attributes the check reads of a cupy.ndarray ------------
@@ -349,13 +348,13 @@ def test_device_mismatch_on_the_current_device_explains_where_it_came_from():
 
 @pytest.fixture
 def no_launch(monkeypatch):
-    """cupy_gpu.scan with a GPU stand-in: every launch is recorded instead of run (none may happen)."""
+    """cupy_backend.scan with a GPU stand-in: every launch is recorded instead of run (none may happen)."""
     launches = []
-    monkeypatch.setattr(cupy_gpu, "_require_gpu", lambda: None)
-    monkeypatch.setattr(cupy_gpu, "cupy", types.SimpleNamespace(
+    monkeypatch.setattr(cupy_backend, "_require_gpu", lambda: None)
+    monkeypatch.setattr(cupy_backend, "cupy", types.SimpleNamespace(
         cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))))
-    monkeypatch.setattr(cupy_gpu, "capacity", lambda device_id: 1024)
-    monkeypatch.setattr(kernels, "run_scan", lambda *args, **kwargs: launches.append(args))
+    monkeypatch.setattr(cupy_backend, "capacity", lambda device_id: 1024)
+    monkeypatch.setattr(planner, "run_scan", lambda *args, **kwargs: launches.append(args))
     return launches
 
 
@@ -370,7 +369,7 @@ def no_launch(monkeypatch):
 ])
 def test_backend_checks_devices_before_any_launch(no_launch, args, error, message):
     with pytest.raises(error) as excinfo:
-        cupy_gpu.scan(*args)
+        cupy_backend.scan(*args)
     assert message in str(excinfo.value)
     assert no_launch == []
 
@@ -392,7 +391,7 @@ def test_backend_checks_devices_before_any_launch(no_launch, args, error, messag
 def test_public_scan_names_the_callers_arguments(no_launch, monkeypatch, call, error, message):
     """Through linear_scan / linear_scan_backward (the backend loaded regardless of the machine): the error names
     the caller's arguments (dh, h, ...; the backend sees only x, a, h0, out) and comes before any allocation."""
-    monkeypatch.setattr(scan_registry, "_load", lambda name: cupy_gpu)
+    monkeypatch.setattr(scan_registry, "_load", lambda name: cupy_backend)
     with pytest.raises(error) as excinfo:
         call()
     assert message in str(excinfo.value)

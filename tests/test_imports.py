@@ -7,7 +7,7 @@ module in two files. So a function-level import that closes a cycle fails here t
 
 What counts as an edge A -> B: `import minigriffin.b`, `from minigriffin import b` (b a module) and
 `from minigriffin.b import name`, anywhere in A. Two things are deliberately not edges:
-  - the parent packages Python runs first (importing minigriffin.scan.cupy_gpu executes minigriffin/__init__.py
+  - the parent packages Python runs first (importing minigriffin.scan.numba_cpu executes minigriffin/__init__.py
     and minigriffin/scan/__init__.py): the reader sees the module named, and counting the packages would make
     every module depend on minigriffin/__init__.py and so on everything it re-exports;
   - modules loaded by name at run time (`importlib.import_module(path)` in the scan backend registry): a

@@ -8,13 +8,14 @@ follow recurrentgemma's `linear_scan`. This is the core of the RG-LRU (Griffin p
 h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but the recurrence is elementwise).
 
 Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily by name from a
-registry (`backend_names()`, `unavailable_reason(name)`, `available_backends()`); the backward is written
-once, here, on top of that primitive, so every backend gets its backward for free. Two optional hooks let
-a backend speed up the backward's one elementwise product da_t = g_t * h_prev without writing a backward of
-its own: `scan_times_state(x, a, h0, reverse, out, q, prod)`, a scan that also writes prod = (state entering
-each step) * q as it streams past (numba: it saves a pass over g), or else `multiply(p, q, out)`; without
-either the array library's multiply is used.
-See docs/scan.md for the derivation and notebooks for the walk-through.
+registry (`backend_names()`, `unavailable_reason(name)`, `available_backends()`): the plain NumPy loop
+(reference.py, the definition), Blelloch's parallel scan (blelloch.py), Numba on the CPU (numba_cpu.py)
+and CUDA through CuPy (the cuda/ subpackage). The backward is written once, here, on top of that
+primitive, so every backend gets its backward for free. Two optional hooks let a backend speed up the
+backward's one elementwise product da_t = g_t * h_prev without writing a backward of its own:
+`scan_times_state(x, a, h0, reverse, out, q, prod)`, a scan that also writes prod = (state entering each
+step) * q as it streams past (numba: it saves a pass over g), or else `multiply(p, q, out)`; without
+either the array library's multiply is used. See docs/scan.md for the derivation.
 
 Notebook: notebooks/01_linear_scan.ipynb
 """
@@ -31,7 +32,7 @@ _REGISTRY = {
     "reference": ("minigriffin.scan.reference", "numpy", "pip install numpy"),
     "blelloch": ("minigriffin.scan.blelloch", "numpy", "pip install numpy"),
     "numba": ("minigriffin.scan.numba_cpu", "numba", "pip install numba"),
-    "cupy": ("minigriffin.scan.cupy_gpu", "cupy",
+    "cupy": ("minigriffin.scan.cuda.cupy_backend", "cupy",
              'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'),
 }
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -70,6 +71,64 @@ def available_backends():
     return [name for name in _REGISTRY if unavailable_reason(name) is None]
 
 
+def linear_scan(x, a, h0=None, *, reverse=False, backend="auto", out=None):
+    """h_t = a_t * h_{t-1} + x_t along axis 1 (Griffin eq. 4's recurrence; recurrentgemma `linear_scan`).
+
+    x, a: (B, T, D) float32 or float64, C-contiguous, same dtype. h0: (B, D) or None (zeros).
+    reverse=True runs from t = T-1 down to 0: h_t = a_t * h_{t+1} + x_t, with h0 standing for h_T.
+    backend: "auto" (numba on CPU, cupy for CuPy arrays), or a name from available_backends().
+    out: optional (B, T, D) C-contiguous buffer for h (reusing one avoids paging in fresh memory each call);
+    it must not overlap x or a.
+    Returns h: (B, T, D), h_last: (B, D) (the state after the last step: h[:, -1], or h[:, 0] if reverse).
+    Accumulates in the input dtype. Raises ValueError naming the input if any of them holds NaN or inf.
+    """
+    impl = _load(_resolve(backend, x))
+    _check_inputs(x, a, h0)
+    xp = array_namespace(x, a, h0)
+    B, T, D = x.shape
+    h0_or_zeros = xp.zeros((B, D), dtype=x.dtype) if h0 is None else h0   # (B, D)
+    h = _output_buffer(out, x, (x, a), "out")                              # (B, T, D)
+    with np.errstate(invalid="ignore", over="ignore"):   # non-finite results get a clear error below
+        impl.scan(x, a, h0_or_zeros, reverse, h)
+    h_last = (h[:, 0] if reverse else h[:, -1]).copy()                    # (B, D)
+    _raise_if_not_finite(h_last, (("a", a), ("x", x), ("h0", h0)))
+    return h, h_last
+
+
+def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="auto", out=None):
+    """Gradients of linear_scan: given dL/dh (B, T, D) and dL/dh_last (B, D) or None, return (dx, da, dh0).
+
+    a, h: the forward's multipliers and output; h0: the forward's h0 (None gives dh0 = None).
+    out: optional pair of (B, T, D) buffers (dx, da), as for linear_scan. backend: as for linear_scan.
+    Derivation (docs/scan.md, section 2), for reverse=False. With g_t the total gradient reaching h_t
+    (directly as dh_t, and through h_{t+1} = a_{t+1} h_t + x_{t+1}):
+        g_t  = dh_t + a_{t+1} g_{t+1},   g_{T-1} = dh_{T-1} + dh_last    (a reverse scan of dh, a shifted by one)
+        dx_t = g_t
+        da_t = g_t * h_{t-1}                                             (h_{-1} = h0, or 0 without one)
+        dh0  = a_0 * g_0
+    reverse=True swaps "next" and "previous" (the forward ran from t = T-1 down to 0).
+    The scan runs through the forward's backend primitive, so every backend gets this backward for free.
+    """
+    impl = _load(_resolve(backend, dh))
+    _check_backward_inputs(dh, dh_last, a, h, h0)
+    g, da = _backward_outputs(out, dh, a, h)                 # (B, T, D) each
+    T = dh.shape[1]
+    first, last = (T - 1, 0) if reverse else (0, T - 1)     # the forward's first and last step
+    at_t, at_next = _step_pairs(reverse)                     # at_t(v)[:, i] = v_t, at_next(v)[:, i] = v_{t+1}
+
+    g[:, last] = dh[:, last] if dh_last is None else dh[:, last] + dh_last    # g_{T-1} = dh_{T-1} + dh_last
+    _scan_then_multiply(impl, x=at_t(dh), a=at_next(a), h0=g[:, last], reverse=not reverse,
+                        out=at_t(g),                         # g_t = dh_t + a_{t+1} g_{t+1}, t = T-2 .. 0
+                        p=at_next(g), q=at_t(h), prod=at_next(da))           # da_{t+1} = g_{t+1} * h_t
+    _raise_if_not_finite(g[:, first], (("dh", dh), ("dh_last", dh_last), ("a", a)))
+    da[:, first] = 0 if h0 is None else g[:, first] * h0                     # da_0 = g_0 * h0
+    dh0 = None if h0 is None else a[:, first] * g[:, first]                  # dh0 = a_0 * g_0
+    dx = g                                                                   # dx_t = g_t
+    return dx, da, dh0
+
+
+# --- Helpers: backend dispatch, validation, buffers ---------------------------------------------------------
+
 def _load(name):
     """Import and return the backend module `name`, or raise BackendUnavailable with the install command."""
     if name not in _REGISTRY:
@@ -90,6 +149,40 @@ def _resolve(backend, x):
     if array_namespace(x) is not np:
         return "cupy"
     return "numba"
+
+
+def _step_pairs(reverse):
+    """View makers that pair each step t with the next one, t+1, in the order the forward ran.
+
+    Returns (at_t, at_next): for a (B, T, D) array v, at_t(v)[:, i] is v_t and at_next(v)[:, i] is v_{t+1},
+    over the T-1 such pairs. Views, no copies. The forward runs t = 0 .. T-1, so v_t is v[:, :-1]; with
+    reverse=True it runs T-1 .. 0, so the step after v[:, i+1] is v[:, i].
+    """
+    if reverse:
+        return (lambda v: v[:, 1:]), (lambda v: v[:, :-1])
+    return (lambda v: v[:, :-1]), (lambda v: v[:, 1:])
+
+
+def _scan_then_multiply(impl, x, a, h0, reverse, out, p, q, prod):
+    """impl's scan of x with multipliers a from h0 into out, then prod = p * q; nothing when x has no steps.
+
+    p must be the state entering each step of this scan (out shifted by one step, h0 at the start). That is
+    what lets a backend with the optional hook `scan_times_state` form the product as the scan streams
+    past, in one pass; otherwise the backend's `multiply(p, q, out)` or the array library's multiply runs
+    after the scan.
+    """
+    if x.shape[1] == 0:
+        return
+    with np.errstate(invalid="ignore", over="ignore"):       # non-finite results get a clear error later
+        if hasattr(impl, "scan_times_state"):
+            impl.scan_times_state(x, a, h0, reverse, out, q, prod)
+            return
+        impl.scan(x, a, h0, reverse, out)
+        multiply = getattr(impl, "multiply", None)
+        if multiply is None:
+            array_namespace(p, q, prod).multiply(p, q, out=prod)
+        else:
+            multiply(p, q, prod)
 
 
 def _check_inputs(x, a, h0, names=("x", "a", "h0")):
@@ -123,6 +216,16 @@ def _check_inputs(x, a, h0, names=("x", "a", "h0")):
         check_same_device((nx, x), (na, a), (nh, h0))
 
 
+def _check_backward_inputs(dh, dh_last, a, h, h0):
+    """linear_scan_backward's arguments, checked as _check_inputs does, with the caller's names."""
+    _check_inputs(dh, a, None, names=("dh", "a", "h0"))
+    _check_inputs(h, a, h0, names=("h", "a", "h0"))
+    array_namespace(dh, a, h, h0, dh_last)                   # all NumPy or all CuPy
+    B, T, D = dh.shape
+    if dh_last is not None and (dh_last.shape != (B, D) or dh_last.dtype != dh.dtype):
+        raise ValueError(f"dh_last must be ({B}, {D}) {dh.dtype}, got {tuple(dh_last.shape)} {dh_last.dtype}")
+
+
 def _output_buffer(out, like, inputs, name):
     """A fresh (B, T, D) array shaped like `like`, or the caller's buffer after checking it."""
     xp = array_namespace(like)
@@ -134,6 +237,14 @@ def _output_buffer(out, like, inputs, name):
     if any(xp.may_share_memory(out, arr) for arr in inputs):
         raise ValueError(f"{name} must not overlap the inputs (the scan reads them while writing it)")
     return out
+
+
+def _backward_outputs(out, dh, a, h):
+    """The (dx, da) buffers of linear_scan_backward: the caller's pair `out` after checking it, or fresh ones."""
+    dx_out, da_out = (None, None) if out is None else out
+    dx = _output_buffer(dx_out, dh, (dh, a, h), "out[0] (dx)")
+    da = _output_buffer(da_out, dh, (dh, a, h, dx), "out[1] (da)")
+    return dx, da
 
 
 def _raise_if_not_finite(h_last, named_inputs):
@@ -158,79 +269,3 @@ def _raise_if_not_finite(h_last, named_inputs):
     # Finite inputs whose scan still overflowed (|a| > 1 over many steps): report it, never hide it.
     raise FloatingPointError("linear scan overflowed: the inputs are finite but the state is not "
                              "(is |a| > 1? the RG-LRU keeps a in [0, 1])")
-
-
-def linear_scan(x, a, h0=None, *, reverse=False, backend="auto", out=None):
-    """h_t = a_t * h_{t-1} + x_t along axis 1 (Griffin eq. 4's recurrence; recurrentgemma `linear_scan`).
-
-    x, a: (B, T, D) float32 or float64, C-contiguous, same dtype. h0: (B, D) or None (zeros).
-    reverse=True runs from t = T-1 down to 0: h_t = a_t * h_{t+1} + x_t, with h0 standing for h_T.
-    backend: "auto" (numba on CPU, cupy for CuPy arrays), or a name from available_backends().
-    out: optional (B, T, D) C-contiguous buffer for h (reusing one avoids paging in fresh memory each call);
-    it must not overlap x or a.
-    Returns h: (B, T, D), h_last: (B, D) (the state after the last step: h[:, -1], or h[:, 0] if reverse).
-    Accumulates in the input dtype. Raises ValueError naming the input if any of them holds NaN or inf.
-    """
-    impl = _load(_resolve(backend, x))
-    _check_inputs(x, a, h0)
-    xp = array_namespace(x, a, h0)
-    B, T, D = x.shape
-    h0_or_zeros = xp.zeros((B, D), dtype=x.dtype) if h0 is None else h0   # (B, D)
-    h = _output_buffer(out, x, (x, a), "out")                              # (B, T, D)
-    with np.errstate(invalid="ignore", over="ignore"):   # non-finite results get a clear error below
-        impl.scan(x, a, h0_or_zeros, reverse, h)
-    h_last = (h[:, 0] if reverse else h[:, -1]).copy()                    # (B, D)
-    _raise_if_not_finite(h_last, (("a", a), ("x", x), ("h0", h0)))
-    return h, h_last
-
-
-def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="auto", out=None):
-    """Gradients of linear_scan: given dL/dh (B, T, D) and dL/dh_last (B, D) or None, return (dx, da, dh0).
-
-    a, h: the forward's multipliers and output; h0: the forward's h0 (None gives dh0 = None).
-    Derivation (docs/scan.md), for reverse=False:  with g_t = dL/dx_t the total gradient reaching h_t,
-        g_t = dh_t + a_{t+1} g_{t+1}    (g_{T-1} = dh_{T-1} + dh_last)
-    which is a *reverse* scan of dh with `a` shifted left by one step; then
-        dx_t = g_t,   da_t = g_t * h_{t-1} (h_{-1} = h0 or 0),   dh0 = a_0 * g_0.
-    The scan runs through the same backend primitive as the forward, so every backend gets this for free.
-    out: optional pair of (B, T, D) buffers (dx, da), as for linear_scan.
-    """
-    impl = _load(_resolve(backend, dh))
-    _check_inputs(dh, a, None, names=("dh", "a", "h0"))
-    _check_inputs(h, a, h0, names=("h", "a", "h0"))
-    xp = array_namespace(dh, a, h, h0, dh_last)
-    B, T, D = dh.shape
-    if dh_last is not None and (dh_last.shape != (B, D) or dh_last.dtype != dh.dtype):
-        raise ValueError(f"dh_last must be ({B}, {D}) {dh.dtype}, got {tuple(dh_last.shape)} {dh_last.dtype}")
-    # The time index where the forward ended (h_last came from there) and where it started.
-    end, start = (0, T - 1) if reverse else (T - 1, 0)
-    dx_out, da_out = (None, None) if out is None else out
-    g = _output_buffer(dx_out, dh, (dh, a, h), "out[0] (dx)")        # (B, T, D) g = dL/dx
-    da = _output_buffer(da_out, dh, (dh, a, h, g), "out[1] (da)")    # (B, T, D)
-    g[:, end] = dh[:, end] if dh_last is None else dh[:, end] + dh_last
-    if T > 1:
-        # Scan the remaining T-1 steps the other way, starting from g_end; each step's multiplier is the
-        # forward multiplier one step later in the forward's order. Views, no copies. Along the way,
-        # forward h_t = a_t * h_prev + x_t gives da_t = g_t * h_prev: the g that the gradient scan carries
-        # *into* a step, times the forward state of that step, is da of the step after it.
-        if reverse:   # forward went T-1 -> 0, so the gradient flows 0 -> T-1 with a_{t-1}; h_prev is h_{t+1}
-            scan_args = (dh[:, 1:], a[:, :-1], g[:, 0], False, g[:, 1:])
-            entering, h_of_step, da_next = g[:, :-1], h[:, 1:], da[:, :-1]
-        else:         # forward went 0 -> T-1, so the gradient flows T-1 -> 0 with a_{t+1}; h_prev is h_{t-1}
-            scan_args = (dh[:, :-1], a[:, 1:], g[:, T - 1], True, g[:, :-1])
-            entering, h_of_step, da_next = g[:, 1:], h[:, :-1], da[:, 1:]
-        with np.errstate(invalid="ignore", over="ignore"):    # non-finite results get a clear error below
-            if hasattr(impl, "scan_times_state"):      # one pass: the product is formed as the scan streams
-                impl.scan_times_state(*scan_args, h_of_step, da_next)
-            else:
-                impl.scan(*scan_args)
-                multiply = getattr(impl, "multiply", None) or (lambda p, q, out: xp.multiply(p, q, out=out))
-                multiply(entering, h_of_step, da_next)
-    _raise_if_not_finite(g[:, start], (("dh", dh), ("dh_last", dh_last), ("a", a)))
-    if h0 is None:
-        da[:, start] = 0
-        dh0 = None
-    else:
-        da[:, start] = g[:, start] * h0
-        dh0 = a[:, start] * g[:, start]                    # (B, D)
-    return g, da, dh0

@@ -94,7 +94,7 @@ def _as_c_rows(arr, name):
 def _launch(x, a, h0, reverse, out, q, prod, fuse):
     B, T, D = x.shape
     threads = numba.get_num_threads()
-    # One Numba thread (e.g. inside a data-parallel worker, minigriffin/parallel.py) runs the serial build:
+    # One Numba thread (e.g. inside a data-parallel worker, minigriffin/fast/parallel.py) runs the serial build:
     # two Python threads must never launch parallel regions at once (the workqueue layer forbids it).
     parallel = x.size >= PARALLEL_MIN_ELEMENTS and threads > 1
     block = _block_size(B, D, x.itemsize, threads)

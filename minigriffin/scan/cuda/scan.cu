@@ -1,14 +1,14 @@
 // Linear scan h_t = a_t * h_{t-1} + x_t over (B, T, D) arrays, for the CuPy backend
-// (minigriffin/scan/cupy_gpu.py). Loaded with cupy.RawModule and compiled by NVRTC on first use.
+// (cupy_backend.py). Loaded with cupy.RawModule and compiled by NVRTC on first use.
 // See docs/gpu.md for how the kernels work and how they are tested without a GPU.
 //
 // Layout. x, a and out are (B, T, D) with unit stride on D; their batch and time strides are passed
 // in elements (int64), so time slices such as a[:, 1:] of a C-contiguous array are read in place
 // (the batch stride is then T_parent * D, not T * D). h0 is (B, D) with unit stride on D and its own
 // batch stride. reverse != 0 runs t = T-1 .. 0 with h_t = a_t * h_{t+1} + x_t and h0 standing for h_T.
-// The wrapper always passes an h0 (zeros when the caller has none).
+// The launch planner (planner.py) always passes an h0 (zeros when the caller has none).
 //
-// Two strategies, chosen by the wrapper:
+// Two strategies, chosen by the planner:
 //   (a) scan_channels_*: one thread per (b, d) channel walks the whole sequence. Neighbouring threads
 //       own neighbouring channels, so every step's loads and stores are coalesced across d.
 //       For many channels (B * D at least the device's resident-thread capacity).
@@ -26,7 +26,7 @@
 //       the threads of a launch are independent: the host shim (host_shim.h) runs them one after
 //       another on the CPU, in any order, and must get the same answer.
 //
-// The multiply-then-add of each step is the reference backend's; the wrapper compiles with
+// The multiply-then-add of each step is the reference backend's; the backend compiles with
 // --fmad=false so the compiler does not fuse it into an FMA (see docs/gpu.md).
 // No #include: NVRTC has no standard headers, and the host shim compiles this file as plain C++.
 

@@ -1,36 +1,34 @@
-"""CuPy GPU linear scan: the CUDA kernels of minigriffin/kernels/scan.cu behind the backend interface.
+"""The scan backend registered as "cupy": the CUDA kernels of scan.cu on CuPy arrays.
 
-The kernels are compiled by NVRTC through `cupy.RawModule` on the first call (never at import), once per
-device and process; CuPy also caches the binary on disk (~/.cupy/kernel_cache, or CUPY_CACHE_DIR).
-Which kernels run, with which sizes and strides, is decided by `minigriffin.kernels.run_scan`, the same
-code the CPU tests drive through the host shim (docs/gpu.md):
-  - many channels (B * D fills the device): one thread per channel walks time, coalesced across channels;
-  - few channels, long sequences: time is split into chunks (chunk-local scan, scan of the chunk carries,
-    fix-up), three launches.
-Time-slice views such as a[:, 1:] (what the generic backward passes) are read and written in place; any
-other layout is copied to a contiguous array first, because a RawKernel sees only a data pointer.
-Every scalar argument is an exact np.int32 / np.int64 (CuPy checks neither types nor count).
-The kernels are compiled with --fmad=false: each step is the reference's multiply-then-add, not an FMA.
+`scan(x, a, h0, reverse, out)` is the one primitive every scan backend exports (minigriffin.scan); the
+backward pass is the shared `linear_scan_backward`, which calls it on time slices. This module does the
+CuPy side only: it compiles scan.cu with NVRTC through `cupy.RawModule` on the first call (never at
+import), once per device and process (CuPy also caches the binary on disk, ~/.cupy/kernel_cache or
+CUPY_CACHE_DIR), and gives `planner.run_scan` a launcher for that device. Which kernels run, with which
+sizes, strides and scratch buffers, is the planner's decision, the same code the CPU tests drive through
+the host shim (docs/gpu.md). The kernels are compiled with --fmad=false, so each step is the reference's
+multiply-then-add, not an FMA.
+
+A RawKernel takes bare pointers, so a host array or another GPU's array would reach the kernel unnoticed.
+Every call therefore first checks that a, h0 and out are where x is (`minigriffin.xp.check_same_device`):
+all NumPy, or all CuPy on x's GPU; the error names the argument and both places, before anything is
+launched. The public linear_scan / linear_scan_backward run the same check on the caller's arrays first,
+so that the message names dh, h and the rest rather than the backend's x, a, h0, out.
 
 NumPy inputs (backend="cupy" asked for explicitly on host arrays) are copied to the device and the result
 copied back, which is slow; backend="auto" only picks this backend for CuPy arrays.
 
-Every call first checks that a, h0 and out are where x is (`minigriffin.xp.check_same_device`): all NumPy,
-or all CuPy on x's GPU. A RawKernel takes bare pointers, so a host array or another GPU's array would
-otherwise reach the kernel unnoticed; the error names the argument and both places instead, before anything
-is launched. The public linear_scan / linear_scan_backward run the same check on the caller's arrays first,
-so that the message names dh, h and the rest rather than the backend's x, a, h0, out.
-
-Status: written and tested without a GPU (compiled with nvcc for sm_80/sm_90, run on the CPU through the
-host shim). On-device correctness and performance have NOT been checked (docs/gpu.md).
+`unavailable_reason()` says why the backend cannot run here (CuPy unusable, no device, driver too old);
+the registry asks it before loading the backend. What has been checked on a GPU and what only on a CPU
+(nvcc compiles scan.cu; the host shim runs it): docs/gpu.md, "Status".
 """
 
 import functools
 
 import numpy as np
 
-from minigriffin import kernels
 from minigriffin.scan import BackendUnavailable
+from minigriffin.scan.cuda import planner, read_source
 from minigriffin.xp import check_same_device
 
 INSTALL = 'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'
@@ -89,7 +87,7 @@ def _require_gpu():
 @functools.cache
 def _module(device_id):
     """The compiled scan.cu for one device (compiled by NVRTC when the first function is fetched)."""
-    return cupy.RawModule(code=kernels.read_source(), options=NVRTC_OPTIONS)
+    return cupy.RawModule(code=read_source(), options=NVRTC_OPTIONS)
 
 
 @functools.cache
@@ -112,7 +110,7 @@ def capacity(device_id):
 
 
 def launcher(device_id):
-    """launch(name, grid, block, args) for kernels.run_scan: runs a scan.cu kernel on device `device_id`."""
+    """launch(name, grid, block, args) for planner.run_scan: runs a scan.cu kernel on device `device_id`."""
     def launch(name, grid, block, args):
         _function(device_id, name)((grid,), (block,), args)
     return launch
@@ -132,5 +130,5 @@ def scan(x, a, h0, reverse, out):
         return out
     device_id = x.device.id
     with x.device:
-        kernels.run_scan(x, a, h0, bool(reverse), out, launch=launcher(device_id), capacity=capacity(device_id))
+        planner.run_scan(x, a, h0, bool(reverse), out, launch=launcher(device_id), capacity=capacity(device_id))
     return out

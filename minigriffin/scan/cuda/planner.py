@@ -1,39 +1,29 @@
-"""CUDA sources for the GPU scan backend, and the launch logic it shares with the CPU host shim.
+"""The launch planner of the GPU scan: one backend call becomes kernel launches of scan.cu.
 
-scan.cu holds the kernels (how they work: docs/gpu.md). `run_scan` turns one backend call
-`scan(x, a, h0, reverse, out)` into kernel launches (which strategy, which sizes and strides, which
-scratch buffers) and hands each launch to a `launch(name, grid, block, args)` callable. On the GPU that
-callable is a CuPy RawModule function (minigriffin/scan/cupy_gpu.py); in tests it is the host shim that
-runs the same scan.cu on the CPU (host_shim.h, tests/test_cuda_kernels.py). Keeping this logic here,
-free of CuPy, lets the CPU tests check what would reach the GPU: argument types, the strides of time-slice
-views, chunk sizes that do not divide T.
+`run_scan(x, a, h0, reverse, out, launch, capacity)` decides which strategy runs (`choose_plan`: one
+thread per channel, or chunks of time in three kernels; docs/gpu.md), with which sizes and strides in
+elements, and which scratch buffers, and hands each launch to a `launch(name, grid, block, args)`
+callable. On the GPU that callable runs a CuPy RawModule function (cupy_backend.py); in the tests it
+is the host shim, which runs the same scan.cu on the CPU (tests/test_cuda_kernels.py). Because the
+planner imports no CuPy, the CPU tests check exactly what would reach the GPU: argument types, the
+strides of time-slice views, chunk sizes that do not divide T.
 
-Nothing here imports CuPy or compiles anything.
+Layouts: inputs with unit stride on D are read in place, whatever their batch and time strides (the
+backward's views such as a[:, 1:]); anything else is copied to a contiguous array first, because a
+kernel sees only a data pointer. Every scalar argument is an exact np.int32 or np.int64.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from minigriffin.xp import array_namespace
 
-KERNEL_DIR = Path(__file__).resolve().parent
-SCAN_SOURCE = KERNEL_DIR / "scan.cu"
-HOST_SHIM = KERNEL_DIR / "host_shim.h"
-KERNEL_NAMES = tuple(f"scan_{kind}_{suffix}" for suffix in ("f32", "f64")
-                     for kind in ("channels", "chunk_local", "chunk_carry", "chunk_fixup"))
-
 BLOCK = 256       # threads per block (one-dimensional grids); run_scan takes another for tests
-# Strategy thresholds. These are first guesses, NOT measured on a GPU (none was available; docs/gpu.md):
+# Strategy threshold, a first guess not tuned on a GPU (docs/gpu.md):
 MIN_CHUNK = 64    # the chunked strategy never makes chunks shorter than this many steps
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _INT32_MAX = 2**31 - 1
-
-
-def read_source():
-    """The CUDA source of the scan kernels (for cupy.RawModule(code=...))."""
-    return SCAN_SOURCE.read_text()
 
 
 class Plan(NamedTuple):
