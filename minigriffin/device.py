@@ -30,3 +30,10 @@ def device_namespace(device):
             raise DeviceUnavailable(f"--device gpu is not usable here: {reason}")
         return importlib.import_module("cupy")
     raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+
+
+def default_workers():
+    """Data-parallel workers for a CPU training step (minigriffin.fast.parallel): one per Numba thread
+    (NUMBA_NUM_THREADS; by default one per core)."""
+    import numba
+    return numba.get_num_threads()

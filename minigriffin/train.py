@@ -39,7 +39,7 @@ import numpy as np
 from minigriffin.accelerate import accelerated
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
-from minigriffin.device import DEVICES, device_namespace
+from minigriffin.device import DEVICES, default_workers, device_namespace
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
 from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
@@ -70,11 +70,6 @@ def loss_and_grads(params, batch, cfg, workers=1):
     step uses every core): the same result up to the order of floating-point sums."""
     return weighted_loss_and_grads(params, batch, cfg, 1.0)
 
-
-def default_workers():
-    """One data-parallel worker per Numba thread (NUMBA_NUM_THREADS; by default one per core)."""
-    import numba
-    return numba.get_num_threads()
 
 
 def evaluate(params, batches, cfg):
