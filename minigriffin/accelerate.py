@@ -13,8 +13,9 @@ and runs that instead; otherwise it runs its own body. The formula is never bran
     @register(layers.gelu_tanh_forward, applies=numpy_float_arrays)   # in fast/fused.py
     def gelu_tanh_forward(x): ...                  # the same formula in fewer passes over memory
 
-MINIGRIFFIN_REFERENCE=1 in the environment turns every accelerator off, so everything runs on the
-definitions (tests/test_accelerate.py checks each registered accelerator against its reference).
+MINIGRIFFIN_REFERENCE=1 in the environment turns every accelerator off, and makes the scan's "auto" backend
+the NumPy reference on the CPU (minigriffin.scan), so everything runs on the definitions
+(tests/test_accelerate.py checks each registered accelerator against its reference).
 """
 
 import functools

@@ -13,7 +13,8 @@ segment_pos), this stays exact when documents are packed and when a document sta
 
 forward_chunk is @accelerated (minigriffin/accelerate.py): a call with one token per row on NumPy arrays, as
 sampling makes them, runs minigriffin.fast.decode.decode_step instead, compiled Numba kernels that do the same
-computation (one kernel per residual block; tests/test_decode.py checks token-by-token decoding against
+computation (one compiled kernel per residual block, three for attention over a long context with one
+sequence; tests/test_decode.py checks token-by-token decoding against
 model_forward on the whole sequence, rtol 1e-12 in float64). MINIGRIFFIN_REFERENCE=1 turns it off. The first
 such step makes a DecodePlan (the params with torch-layout weights transposed, about one more copy of the
 model) and the ModelState passes it on, so params must not be modified in place while a state is being

@@ -65,7 +65,7 @@ def kv_reserve(state, T, window):
     last n_new = min(T, W + 1) entries are the slots for the newest tokens' keys, values and document ids
     (the caller fills them), and the new state holding the last min(N + T, W). Splitting the reservation
     from the write lets a decode step reserve every block's slot up front, so that threads working on
-    different rows of the batch can each write their own rows without meeting (decode.decode_step)."""
+    different rows of the batch can each write their own rows without meeting (fast.decode.decode_step)."""
     B, N, Dh = state.keys.shape
     reach = min(N + T, window + 1)
     keep = min(N + T, window)

@@ -1,7 +1,7 @@
 """Elementwise and dense layers, each a forward/backward pair (CS231n / llm.c style).
 
     linear        y = x W^T + b                          (torch Linear layout: W is (out, in))
-    rmsnorm       y = x * rsqrt(mean(x^2) + eps) * (1 + scale)          Griffin §2.2, recurrentgemma RMSNorm
+    rmsnorm       y = x * rsqrt(mean(x^2) + eps) * (1 + scale)          Griffin §2.1, recurrentgemma RMSNorm
     gelu_tanh     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))     the tanh approximation, as recurrentgemma
     gated_mlp     gelu(x W0 + b0) * (x W1 + b1), then a linear        Griffin §2.2, Figure 2(b)
 

@@ -35,7 +35,7 @@ class ModelState(NamedTuple):
     blocks: tuple      # one RecurrentState or AttentionState per residual block
     doc: object        # (B,) int64 document id of the last token fed (0 before any token, as in model_forward)
     num_tokens: int    # tokens fed so far in each row
-    plan: object = None   # decode.DecodePlan: params laid out for the T = 1 kernels, made once and passed on
+    plan: object = None   # fast.decode.DecodePlan: params laid out for the T = 1 kernels, made once and passed on
 
 
 def init_state(cfg, batch_size):

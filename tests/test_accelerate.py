@@ -159,8 +159,16 @@ def test_the_reference_switch_and_the_dispatch(monkeypatch):
     monkeypatch.delenv("MINIGRIFFIN_REFERENCE", raising=False)
     assert not reference_only()
     assert double(3) == 6 and double(-1) == -2 and calls == ["fast", "reference"]
+    from minigriffin.scan import linear_scan
+    x = np.ones((1, 3, 2))
+    scans = []
+    monkeypatch.setattr("minigriffin.scan._load", lambda name: scans.append(name) or __import__(
+        "minigriffin.scan.reference", fromlist=["scan"]))
+    linear_scan(x, 0.5 * x)
     monkeypatch.setenv("MINIGRIFFIN_REFERENCE", "1")
     assert reference_only() and double(3) == 6 and calls[-1] == "reference"
+    linear_scan(x, 0.5 * x)
+    assert scans == ["numba", "reference"]            # the scan's "auto" is the NumPy reference too
     with pytest.raises(TypeError, match="not marked @accelerated"):
         register(lambda x: x, applies=lambda x: True)(lambda x: x)
     with pytest.raises(ValueError, match="already registered"):

@@ -239,3 +239,12 @@ def test_checker_finds_private_names_used_across_modules(tmp_path):
         "pkg.c uses pkg.a._SECRET", "pkg.c uses pkg.a._SECRET",
         "pkg.d imports pkg.a._SECRET",
     ], privates
+
+
+MAX_MODULE_LINES = 300      # issue 15: small files a learner can read in one sitting
+
+
+def test_every_module_is_at_most_300_lines():
+    long = {str(path.relative_to(PACKAGE_ROOT)): n for path in sorted(PACKAGE_ROOT.rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along a natural seam): {long}"

@@ -142,9 +142,9 @@ def _groups(B):
     Rows of the batch are independent in a decode step, so with B > 1 each thread can take a group of rows
     through all the blocks (run_rows), and the threads meet once, at the end: every attention block's cache
     slot for the step is reserved before they start (kvcache.kv_reserve), so each group writes its own
-    rows' keys and values. Once per step matters: with a parallel region per kernel call (13 a step), each
-    region waited for a descheduled thread whenever another process held a core, and steps took 10-30x
-    longer on our shared VM. A batch of one uses the other threads inside long attention blocks instead
+    rows' keys and values. Once per step matters: with a parallel region per kernel call, each region waits
+    for a descheduled thread whenever another process holds a core (docs/benchmarks.md, "Decode kernels").
+    A batch of one uses the other threads inside long attention blocks instead
     (attention_core_split). Serial by default, because even one wait per step costs a scheduler quantum on
     a busy machine."""
     return max(1, min(B, decode_threads()))

@@ -25,6 +25,7 @@ import importlib.util
 
 import numpy as np
 
+from minigriffin.accelerate import reference_only
 from minigriffin.xp import array_namespace, check_same_device, is_device_array
 
 # name -> (module path, the Python module it needs, how to install that module)
@@ -140,7 +141,8 @@ def _load(name):
 
 
 def _resolve(backend, x):
-    """'auto' means the fastest backend for where x lives: cupy for CuPy arrays, numba on the CPU.
+    """'auto' means the fastest backend for where x lives: cupy for CuPy arrays, numba on the CPU, or the
+    NumPy reference on the CPU under MINIGRIFFIN_REFERENCE=1 (minigriffin.accelerate: every accelerator off).
 
     It never falls back to a slower backend: if the fast one is missing, the error says how to install it.
     """
@@ -148,7 +150,7 @@ def _resolve(backend, x):
         return backend
     if array_namespace(x) is not np:
         return "cupy"
-    return "numba"
+    return "reference" if reference_only() else "numba"
 
 
 def _step_pairs(reverse):
