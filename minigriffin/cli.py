@@ -100,10 +100,16 @@ def _sample(args):
 def _eval_length(args):
     from minigriffin.checkpoint import load_run
     from minigriffin.data import load_corpus
-    from minigriffin.evaluate import bucket_summary, length_curve, plot_curves, write_csv
+    from minigriffin.evaluate import bucket_summary, curve_from_losses, document_losses, documents, plot_curves, write_csv
     from minigriffin.experiment import attention_kind
+    from minigriffin.findings import context_findings, findings_markdown
     from minigriffin.gutenberg import resolve_data_dir
+    from minigriffin.paired import save_losses
     corpus = load_corpus(resolve_data_dir(args.data_dir))
+    if args.max_len < 2 or args.chunk_size < 1 or args.segments_per_book < 1:
+        raise ValueError("--max-len must be >= 2, --chunk-size and --segments-per-book >= 1")
+    docs = documents(corpus.valid, args.max_len, args.segments_per_book)     # the same documents for every run
+    findings = []
     out = args.out or args.run_dirs[0]
     os.makedirs(out, exist_ok=True)
     curves = []
@@ -113,12 +119,18 @@ def _eval_length(args):
         print(f"{run_dir}: attention {attention_kind(cfg)}"
               + (" (its key/value cache grows with the context)" if cfg.global_attention else ""))
         name = os.path.basename(os.path.normpath(run_dir))
-        curve = length_curve(params, cfg, corpus.valid, args.max_len, name=name, train_len=train_len,
-                             chunk_size=args.chunk_size, segments_per_book=args.segments_per_book,
-                             progress=lambda i, n: print(f"  {name}: book {i}/{n}", flush=True))
+        losses = document_losses(params, cfg, docs, chunk_size=args.chunk_size,
+                                 progress=lambda i, n: print(f"  {name}: document {i}/{n}", flush=True))
+        save_losses(os.path.join(out, f"{name}-length.npz"), losses, name=name, train_len=train_len)
+        curve = curve_from_losses(losses, args.max_len, name=name, train_len=train_len)
         csv_path = write_csv(curve, os.path.join(out, f"{name}-length.csv"))
-        print(f"{bucket_summary(curve)}\n  -> {csv_path}")
+        print(f"{bucket_summary(curve)}\n  -> {csv_path} (and per-document losses: {name}-length.npz)")
         curves.append(curve)
+        if args.same_token is not None:      # finding 1: the same targets with the context cut to N tokens
+            findings += context_findings(params, cfg, docs, losses, name, train_len, args.max_len,
+                                         cut=args.same_token or train_len)
+    if findings:
+        print(findings_markdown(findings))
     print(f"figure: {plot_curves(curves, os.path.join(out, 'length.png'))}")
     return 0
 

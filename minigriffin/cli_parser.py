@@ -67,6 +67,10 @@ def build_parser():
     evl.add_argument("--chunk-size", type=int, default=512, help="tokens per forward pass (state carried over)")
     evl.add_argument("--segments-per-book", type=int, default=1,
                      help="score up to K consecutive pieces of --max-len tokens per book, each as one document")
+    evl.add_argument("--same-token", type=int, nargs="?", const=0, metavar="CUT",
+                     help="also predict targets at 2L, 4L and the last positions with the context cut to CUT "
+                          "tokens (default: the training length L) and report cut - full with a 95%% "
+                          "bootstrap interval over documents (Griffin section 6.1, finding 1)")
     evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
 

@@ -84,20 +84,34 @@ def documents(split, max_len, segments_per_book=1, max_books=None):
     return docs
 
 
+def document_losses(params, cfg, docs, *, chunk_size=512, progress=None):
+    """(n_docs, max_len - 1) float64: row i the per-position losses of docs[i], NaN past its end."""
+    width = max(len(doc) for doc in docs) - 1
+    table = np.full((len(docs), width), np.nan)
+    for i, doc in enumerate(docs):
+        losses = position_losses(params, cfg, doc, chunk_size)
+        table[i, :len(losses)] = losses
+        if progress:
+            progress(i + 1, len(docs))
+    return table
+
+
 def length_curve(params, cfg, split, max_len, *, name="", train_len=0, chunk_size=512, max_books=None,
                  segments_per_book=1, progress=None):
     """Evaluate the books of `split` (a data.TokenSplit) up to max_len tokens each (see `documents` for
     segments_per_book); returns a LengthCurve. A document shorter than max_len counts in the buckets it reaches."""
-    lo, hi = log_buckets(max_len)
-    per_book = []
     docs = documents(split, max_len, segments_per_book, max_books)
-    for i, doc in enumerate(docs):
-        losses = position_losses(params, cfg, doc, chunk_size)
-        means = [losses[l:h].mean() if h <= len(losses) else np.nan for l, h in zip(lo, hi)]
-        per_book.append(means)
-        if progress:
-            progress(i + 1, len(docs))
-    table = np.array(per_book)                                               # (books, K)
+    losses = document_losses(params, cfg, docs, chunk_size=chunk_size, progress=progress)
+    return curve_from_losses(losses, max_len, name=name, train_len=train_len)
+
+
+def curve_from_losses(losses, max_len, *, name="", train_len=0):
+    """A LengthCurve from a document_losses table: each document's mean per log bucket it reaches, then the
+    mean and spread over the documents that reached each bucket."""
+    lo, hi = log_buckets(max_len)
+    n = losses.shape[1]
+    table = np.array([[row[l:h].mean() if h <= n and not np.isnan(row[h - 1]) else np.nan
+                       for l, h in zip(lo, hi)] for row in losses])           # (books, K)
     reached = np.sum(~np.isnan(table), axis=0)
     keep = reached > 0
     mean = np.nanmean(table[:, keep], axis=0)
@@ -183,5 +197,6 @@ def bucket_summary(curve):
             f"{curve.bucket_hi[-1] - 1} ({_n_documents(curve.documents[-1])})")
 
 
-__all__ = ["LengthCurve", "standard_error", "position_losses", "log_buckets", "length_curve", "write_csv",
+__all__ = ["LengthCurve", "standard_error", "position_losses", "document_losses", "log_buckets", "length_curve",
+           "curve_from_losses", "write_csv",
            "read_csv", "plot_curves", "markdown_table", "bucket_summary"]

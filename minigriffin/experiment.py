@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_pattern, config_to_dict
-from minigriffin.evaluate import length_curve, markdown_table, plot_curves, write_csv
+from minigriffin.evaluate import (curve_from_losses, document_losses, documents, markdown_table, plot_curves,
+                                  write_csv)
+from minigriffin.findings import context_findings, findings_markdown, train_length_findings
+from minigriffin.paired import save_losses
 
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
 PRESETS = {
@@ -98,6 +101,8 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
     log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step; "
         f"evaluation up to {eval_len} tokens on {len(corpus.valid.doc_starts) - 1} validation books")
     start, done_steps, curves, trained = time.perf_counter(), 0, [], []
+    docs = documents(corpus.valid, eval_len, p["segments"])          # the same documents for every model
+    table_losses, findings = {}, []
     # Steps this process has to train (runs already complete in out_dir are reused, not retrained).
     total_steps = sum(p["steps"] - _saved_step(out_dir / "runs" / r[0]) for r in runs)
     for label, family, train_len, batch in runs:
@@ -132,11 +137,15 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
         log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
             f"validation {summary['best_val_loss']:.3f}")
         # Evaluated with exactly the model that was trained (global attention stays global, local stays local).
-        curve = length_curve(trainer.params, trainer.model_cfg, corpus.valid, eval_len, name=label,
-                             train_len=train_len,
-                             segments_per_book=p["segments"])
+        losses = document_losses(trainer.params, trainer.model_cfg, docs)           # (documents, positions)
+        save_losses(out_dir / f"{study}-{label}.npz", losses, name=label, train_len=train_len)
+        curve = curve_from_losses(losses, eval_len, name=label, train_len=train_len)
         write_csv(curve, out_dir / f"{study}-{label}.csv")
         curves.append(curve)
+        table_losses[label] = losses
+        if study == "extrapolation":
+            findings.extend(context_findings(trainer.params, trainer.model_cfg, docs, losses, label, train_len,
+                                             eval_len, cut=p.get("cut") or train_len))
         trained.append({"label": label, "family": family, "train_len": train_len, "batch_size": batch,
                         "steps": p["steps"], "final_train_loss": summary["last_loss"],
                         "val_loss": summary["best_val_loss"], "attention": attention_kind(trainer.model_cfg),
@@ -147,7 +156,10 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
     positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}
                        | ({16 * p["L"] - 2} if study == "train-length" else set()))
     table = markdown_table(curves, positions)
-    (out_dir / f"{study}.md").write_text(table + "\n")
+    if study == "train-length":
+        findings = train_length_findings(table_losses, runs, p["L"], eval_len)
+    verdicts = findings_markdown(findings)
+    (out_dir / f"{study}.md").write_text(table + "\n\n" + verdicts + "\n")
     from minigriffin.data import unigram_entropy
     results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": _commit(),
                "command": command,
@@ -155,7 +167,8 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                "eval_len": eval_len, "unigram_entropy_valid": unigram_entropy(corpus.valid),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}, numpy {np.__version__}",
-               "figure": figure.name, "table": table}
+               "figure": figure.name, "table": table, "findings": findings,
+               "documents": len(docs)}
     (out_dir / f"{study}.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"\n{table}\n\nfigure: {figure}\nwall time {results['wall_time_s'] / 60:.1f} min")
+    log(f"\n{table}\n\n{verdicts}\n\nfigure: {figure}\nwall time {results['wall_time_s'] / 60:.1f} min")
     return results

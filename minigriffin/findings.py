@@ -1,0 +1,64 @@
+"""The verdicts of the long-context study (Griffin §6.1), each a paired comparison with a bootstrap interval.
+
+    finding 1 (extrapolation study): does context beyond the training length help? For each model, targets in
+        windows at 2L, 4L and the end of the evaluated length, predicted with the whole document before them
+        and with the context cut to `cut` tokens (default L): cut - full, per document (minigriffin.paired).
+    finding 2 (train-length study): for each family, the model trained at 4L minus the one trained at L on the
+        same documents and positions, far out (>= 4L) and early (< L/2).
+
+Each verdict is "helps", "hurts" or "no difference": whether the 95% interval over documents lies above 0,
+below 0, or straddles it (paired.verdict).
+"""
+
+from minigriffin.paired import describe, paired_difference, same_token_test, verdict
+
+
+def target_windows(train_len, eval_len):
+    """[(name, lo, hi)]: targets [2L, 2L + L/2), [4L, 4L + L/2) and the last L/2 positions evaluated."""
+    L, half = train_len, max(1, train_len // 2)
+    last = eval_len - 1                               # positions 0 .. eval_len - 2 have a loss
+    windows = [(f"{k}L", k * L, k * L + half) for k in (2, 4) if k * L + half < last]
+    windows.append((f"end ({last - half}-{last - 1})", last - half, last))
+    return windows
+
+
+def context_findings(params, cfg, docs, losses, label, train_len, eval_len, *, cut):
+    """Finding 1 for one model: one record per target window (cut - full; above 0: the far context helped)."""
+    records = []
+    for name, lo, hi in target_windows(train_len, eval_len):
+        if lo < cut or not any(len(doc) > hi for doc in docs):
+            continue                                   # no context to cut, or no document reaches the targets
+        mean, low, high = same_token_test(params, cfg, docs, losses, lo, hi, cut)
+        records.append({"finding": 1, "model": label, "targets": name, "positions": [lo, hi], "cut": cut,
+                        "comparison": "cut - full", "mean": mean, "low": low, "high": high,
+                        "verdict": verdict(mean, low, high, above="longer context helps",
+                                           below="longer context hurts")})
+    return records
+
+
+def train_length_findings(losses, runs, L, eval_len):
+    """Finding 2: for each family with models at L and 4L, 4L minus L far out and early (below 0: 4L better)."""
+    by_family = {}
+    for label, family, train_len, _ in runs:
+        by_family.setdefault(family, {})[train_len] = label
+    records = []
+    for family, labels in by_family.items():
+        if L not in labels or 4 * L not in labels:
+            continue
+        short, long = losses[labels[L]], losses[labels[4 * L]]
+        for name, lo, hi in ((f"far (>= 4L = {4 * L})", 4 * L, eval_len - 1), (f"early (< L/2 = {L // 2})", 0, L // 2)):
+            mean, low, high = paired_difference(short, long, lo, hi)
+            records.append({"finding": 2, "model": f"{labels[4 * L]} - {labels[L]}", "targets": name,
+                            "positions": [lo, hi], "comparison": "4L - L", "mean": mean, "low": low,
+                            "high": high, "verdict": verdict(mean, low, high, above="4L worse", below="4L better")})
+    return records
+
+
+def findings_markdown(records):
+    """The verdicts as a Markdown table (one row per comparison)."""
+    lines = ["| finding | comparison | targets | difference, 95% interval | verdict |", "|---|---|---|---|---|"]
+    for r in records:
+        what = f"{r['model']}: {r['comparison']}" + (f" (cut to {r['cut']})" if "cut" in r else "")
+        lines.append(f"| {r['finding']} | {what} | {r['targets']} | {describe(r['mean'], r['low'], r['high'])} "
+                     f"| {r['verdict']} |")
+    return "\n".join(lines)
