@@ -99,16 +99,17 @@ def _sample(args):
 
 def _eval_length(args):
     from minigriffin.checkpoint import load_run
-    from minigriffin.data import load_corpus
+    from minigriffin.data import load_corpus, load_eval_books
     from minigriffin.evaluate import bucket_summary, curve_from_losses, document_losses, documents, plot_curves, write_csv
     from minigriffin.experiment import attention_kind
     from minigriffin.findings import context_findings, findings_markdown
     from minigriffin.gutenberg import resolve_data_dir
     from minigriffin.paired import save_losses
-    corpus = load_corpus(resolve_data_dir(args.data_dir))
+    split = (load_corpus(resolve_data_dir(args.data_dir)).valid if args.eval_data_dir is None
+             else load_eval_books(args.eval_data_dir))
     if args.max_len < 2 or args.chunk_size < 1 or args.segments_per_book < 1:
         raise ValueError("--max-len must be >= 2, --chunk-size and --segments-per-book >= 1")
-    docs = documents(corpus.valid, args.max_len, args.segments_per_book)     # the same documents for every run
+    docs = documents(split, args.max_len, args.segments_per_book)     # the same documents for every run
     findings = []
     out = args.out or args.run_dirs[0]
     os.makedirs(out, exist_ok=True)
@@ -141,8 +142,10 @@ def _experiment(args):
     out = args.out or os.path.join("runs", f"experiment-{args.preset}")
     data_dir = resolve_data_dir(args.data_dir)
     command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
-               f"--data-dir {data_dir} --out {out} --seed {args.seed}")
-    run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command)
+               f"--data-dir {data_dir} --out {out} --seed {args.seed}"
+               + (f" --eval-data-dir {args.eval_data_dir}" if args.eval_data_dir else ""))
+    run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
+              eval_data_dir=args.eval_data_dir)
     return 0
 
 

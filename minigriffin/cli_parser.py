@@ -63,6 +63,8 @@ def build_parser():
     evl = sub.add_parser("eval-length", help="loss per token position on long validation books (Figure 5)")
     evl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     evl.add_argument("--data-dir", help="books folder (its valid/ books are evaluated)")
+    evl.add_argument("--eval-data-dir", help="evaluate on this folder's books instead (its valid/ books if it has "
+                                             "train/ and valid/, else every .txt file in it)")
     evl.add_argument("--max-len", type=int, required=True, help="evaluate each book up to this many tokens")
     evl.add_argument("--chunk-size", type=int, default=512, help="tokens per forward pass (state carried over)")
     evl.add_argument("--segments-per-book", type=int, default=1,
@@ -81,6 +83,8 @@ def build_parser():
     exp.add_argument("--data-dir")
     exp.add_argument("--out", help="output folder, shared by both studies (default: runs/experiment-<preset>)")
     exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--eval-data-dir", help="evaluate the trained models on this folder's books (its valid/ "
+                                             "books if it has train/ and valid/, else every .txt file in it)")
 
     download = sub.add_parser("download", help="download the Project Gutenberg books into the cache")
     download.add_argument("--out", help="folder (default: the user cache directory)")

@@ -123,6 +123,16 @@ def load_corpus(data_dir, *, cache_dir=None, valid_fraction=0.1, tokenizer=None)
                   TokenSplit(*cached_split(valid_files, cache_root, tokenizer, "valid"), "valid"))
 
 
+def load_eval_books(folder, *, cache_dir=None, tokenizer=None):
+    """The books to evaluate on, from a folder a user names (`--eval-data-dir`): its valid/ books when it has
+    train/ and valid/ subfolders (the held-out ones), else every .txt file directly in it. A TokenSplit."""
+    tokenizer = ByteTokenizer() if tokenizer is None else tokenizer
+    folder = Path(folder).expanduser()
+    books = _list_books(folder / "valid" if (folder / "valid").is_dir() else folder)
+    cache_root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    return TokenSplit(*cached_split(books, cache_root, tokenizer, "eval"), "eval")
+
+
 def _check_batch_args(split, batch_size, seq_len):
     """Validate sizes against the split; ValueError naming both numbers when the split is too short."""
     for arg, value in (("batch_size", batch_size), ("seq_len", seq_len)):

@@ -88,20 +88,22 @@ def _commit():
         return "unknown"
 
 
-def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""):
+def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command="", eval_data_dir=None):
     """Train, evaluate and report one study. Returns the results dict written to out_dir/results.json."""
-    from minigriffin.data import load_corpus
+    from minigriffin.data import load_corpus, load_eval_books
     from minigriffin.train import Trainer
     p = PRESETS[preset]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(data_dir)
+    eval_split = corpus.valid if eval_data_dir is None else load_eval_books(eval_data_dir)
     runs = runs_for(study, p)
     eval_len = (8 if study == "extrapolation" else 16) * p["L"]
     log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step; "
-        f"evaluation up to {eval_len} tokens on {len(corpus.valid.doc_starts) - 1} validation books")
+        f"evaluation up to {eval_len} tokens on {len(eval_split.doc_starts) - 1} "
+        f"{'validation books' if eval_data_dir is None else 'books of ' + str(eval_data_dir)}")
     start, done_steps, curves, trained = time.perf_counter(), 0, [], []
-    docs = documents(corpus.valid, eval_len, p["segments"])          # the same documents for every model
+    docs = documents(eval_split, eval_len, p["segments"])            # the same documents for every model
     table_losses, findings = {}, []
     # Steps this process has to train (runs already complete in out_dir are reused, not retrained).
     total_steps = sum(p["steps"] - _saved_step(out_dir / "runs" / r[0]) for r in runs)
@@ -165,6 +167,8 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                "command": command,
                "wall_time_s": round(time.perf_counter() - start, 1), "models": trained,
                "eval_len": eval_len, "unigram_entropy_valid": unigram_entropy(corpus.valid),
+               "eval_data_dir": None if eval_data_dir is None else str(eval_data_dir),
+               "unigram_entropy_eval": unigram_entropy(eval_split),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}, numpy {np.__version__}",
                "figure": figure.name, "table": table, "findings": findings,

@@ -125,3 +125,27 @@ def test_eval_length_keeps_losses_and_reports_the_same_token_test(corpus_dir, tm
     assert "| 1 | griffin: cut - full (cut to 8) | 2L |" in out and "| 1 | griffin: cut - full (cut to 8) | 4L |" in out
     losses, name, train_len = load_losses(run / "griffin-length.npz")
     assert losses.shape == (4, 99) and name == "griffin" and train_len == 16       # 2 books x 2 pieces
+
+
+def test_eval_data_dir_evaluates_on_the_folder_named(corpus_dir, tmp_path, capsys):
+    """--eval-data-dir: the models train on --data-dir and are evaluated on every .txt book of another
+    folder (its valid/ books when it has train/ and valid/); a missing folder is one line, exit status 2."""
+    import shutil
+    other = tmp_path / "essays"
+    other.mkdir()
+    for name in ("book00.txt", "book01.txt", "book02.txt"):
+        shutil.copy(corpus_dir / "train" / name, other / name)
+    out = tmp_path / "exp"
+    assert main(["experiment", "extrapolation", "--preset", "tiny", "--data-dir", str(corpus_dir), "--out", str(out),
+                 "--eval-data-dir", str(other)]) == 0
+    results = json.loads((out / "extrapolation.json").read_text())
+    assert results["eval_data_dir"] == str(other) and "--eval-data-dir" in results["command"]
+    assert results["documents"] == 3 * 2                     # 3 books x 2 pieces (tiny preset: segments=2)
+    run = out / "runs" / "griffin-L16"
+    assert main(["eval-length", str(run), "--max-len", "64", "--eval-data-dir", str(other), "--out",
+                 str(tmp_path / "e")]) == 0
+    assert load_losses(tmp_path / "e" / "griffin-L16-length.npz")[0].shape == (3, 63)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["eval-length", str(run), "--max-len", "64", "--eval-data-dir", str(tmp_path / "nowhere")])
+    assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
