@@ -102,7 +102,7 @@ def _eval_length(args):
     from minigriffin.data import load_corpus, load_eval_books
     from minigriffin.evaluate import bucket_summary, curve_from_losses, document_losses, documents, plot_curves, write_csv
     from minigriffin.experiment import attention_kind
-    from minigriffin.findings import context_findings, findings_markdown
+    from minigriffin.findings import context_findings, context_use, context_use_markdown, findings_markdown
     from minigriffin.gutenberg import resolve_data_dir
     from minigriffin.paired import save_losses
     split = (load_corpus(resolve_data_dir(args.data_dir)).valid if args.eval_data_dir is None
@@ -127,6 +127,8 @@ def _eval_length(args):
         csv_path = write_csv(curve, os.path.join(out, f"{name}-length.csv"))
         print(f"{bucket_summary(curve)}\n  -> {csv_path} (and per-document losses: {name}-length.npz)")
         curves.append(curve)
+        if args.context_use:                 # how far back the context is used, inside and past L
+            print(context_use_markdown(name, context_use(params, cfg, docs, losses, train_len, args.max_len)))
         if args.same_token is not None:      # finding 1: the same targets with the context cut to N tokens
             findings += context_findings(params, cfg, docs, losses, name, train_len, args.max_len,
                                          cut=args.same_token or train_len)

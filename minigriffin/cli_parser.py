@@ -73,6 +73,9 @@ def build_parser():
                      help="also predict targets at 2L, 4L and the last positions with the context cut to CUT "
                           "tokens (default: the training length L) and report cut - full with a 95%% "
                           "bootstrap interval over documents (Griffin section 6.1, finding 1)")
+    evl.add_argument("--context-use", action="store_true",
+                     help="also print cut - full for contexts cut to 4, 16, 64, L/2 and L tokens, at targets "
+                          "inside the training length and past it: how far back each model uses its context")
     evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
 

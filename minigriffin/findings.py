@@ -36,6 +36,33 @@ def context_findings(params, cfg, docs, losses, label, train_len, eval_len, *, c
     return records
 
 
+def context_use(params, cfg, docs, losses, train_len, eval_len, cuts=None):
+    """How far back a model uses its context, inside and past its training length L: cut - full at targets
+    [L/2, L) (inside) and in the target_windows past L, for each cut c (default 4, 16, 64, L/2, L; only cuts
+    that leave context to cut). A curve that reaches 0 at c means nothing beyond c tokens back is used.
+    Returns {"cuts": [...], "windows": [...], "cells": {(cut, window name): (mean, low, high)}}."""
+    L = train_len
+    cuts = sorted({c for c in (cuts or (4, 16, 64, L // 2, L)) if c >= 1})
+    windows = [("L/2..L", L // 2, L)] + [w for w in target_windows(L, eval_len) if w[1] > L]
+    cells = {}
+    for c in cuts:
+        for name, lo, hi in windows:
+            if c < lo and any(len(doc) > hi for doc in docs):
+                cells[(c, name)] = same_token_test(params, cfg, docs, losses, lo, hi, c)
+    return {"cuts": cuts, "windows": [w[0] for w in windows], "cells": cells}
+
+
+def context_use_markdown(name, use):
+    """One row per cut, one column per target window: 'cut - full [95% interval]' (above 0: the context
+    beyond the cut helped there)."""
+    lines = [f"context use of {name} (cut - full, nats/byte, 95% interval over documents)",
+             "| cut | " + " | ".join(use["windows"]) + " |", "|---|" + "---|" * len(use["windows"])]
+    for c in use["cuts"]:
+        cells = [describe(*use["cells"][(c, w)], unit="") if (c, w) in use["cells"] else "-" for w in use["windows"]]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def train_length_findings(losses, runs, L, eval_len):
     """Finding 2: for each family with models at L and 4L, 4L minus L far out and early (below 0: 4L better)."""
     by_family = {}

@@ -105,4 +105,4 @@ def verdict(mean, low, high, *, above="helps", below="hurts"):
 
 def describe(mean, low, high, unit="nats/byte"):
     """'+0.012 [+0.004, +0.020] nats/byte'."""
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {unit}"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {unit}".rstrip()

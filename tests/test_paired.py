@@ -120,8 +120,10 @@ def test_eval_length_keeps_losses_and_reports_the_same_token_test(corpus_dir, tm
                  "--batch_size=2", "--seq_len=16", "--max_steps=2", "--eval_batches=1", "--no-progress",
                  "--cpu_workers=1"]) == 0
     assert main(["eval-length", str(run), "--data-dir", str(corpus_dir), "--max-len", "100",
-                 "--segments-per-book", "2", "--same-token", "8"]) == 0
+                 "--segments-per-book", "2", "--same-token", "8", "--context-use"]) == 0
     out = capsys.readouterr().out
+    assert "context use of griffin" in out and "| cut | L/2..L | 2L | 4L |" in out
+    assert out.count("\n| 4 | ") == 1 and "| 16 | - | " in out       # a cut of 16 leaves nothing to cut at L/2..L
     assert "| 1 | griffin: cut - full (cut to 8) | 2L |" in out and "| 1 | griffin: cut - full (cut to 8) | 4L |" in out
     losses, name, train_len = load_losses(run / "griffin-length.npz")
     assert losses.shape == (4, 99) and name == "griffin" and train_len == 16       # 2 books x 2 pieces
