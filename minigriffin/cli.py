@@ -1,7 +1,8 @@
-"""The `minigriffin` command line: train, sample, plot, eval-length, experiment, download, doctor, demo.
+"""The `minigriffin` command line: train, sample, plot, eval-length, experiment, download, doctor, demo, check-scan.
 
 The arguments are defined in cli_parser.py; each subcommand runs in its own function here (`doctor` in
-doctor.py, `demo` in demo.py); heavy imports happen inside them so `minigriffin --help` is instant.
+doctor.py, `demo` in demo.py, `check-scan` in check_scan.py); heavy imports happen inside them so
+`minigriffin --help` is instant.
 """
 
 import os
@@ -151,6 +152,13 @@ def _experiment(args):
     return 0
 
 
+def _check_scan(args):
+    from minigriffin.check_scan import run_check_scan
+    return run_check_scan(args.target, max_examples=args.max_examples, dtype=args.dtype, gpu=args.gpu,
+                          shapes=args.shapes, repeats=args.repeats, rounds=args.rounds, compare=args.compare,
+                          seed=args.seed, bench=not args.no_bench)
+
+
 def _download(args):
     from minigriffin.gutenberg import download_books
     print(f"books in {download_books(args.out)}")
@@ -158,7 +166,8 @@ def _download(args):
 
 
 COMMANDS = {"doctor": _doctor, "demo": _demo, "train": _train, "sample": _sample, "plot": _plot,
-            "eval-length": _eval_length, "experiment": _experiment, "download": _download}
+            "eval-length": _eval_length, "experiment": _experiment, "download": _download,
+            "check-scan": _check_scan}
 
 #: what a command may raise for bad input or a run it refuses (a missing file, a corrupt checkpoint, a config
 #: value out of range, a NaN in training, no memory for the model asked for): shown as one line, exit status 2

@@ -1,5 +1,5 @@
 """The `minigriffin` command line's arguments: one subcommand each for train, sample, plot, eval-length,
-experiment, download, doctor and demo. minigriffin.cli runs the command the parsed arguments name.
+experiment, download, doctor, demo and check-scan. minigriffin.cli runs the command the parsed arguments name.
 """
 
 import argparse
@@ -88,6 +88,27 @@ def build_parser():
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--eval-data-dir", help="evaluate the trained models on this folder's books (its valid/ "
                                              "books if it has train/ and valid/, else every .txt file in it)")
+
+    check = sub.add_parser(
+        "check-scan", help="property-test a scan kernel of your own against the reference, then time it",
+        description="Check a function scan(x, a, h0, reverse, out) against minigriffin's reference scan, forward "
+                    "and backward, on Hypothesis's hard cases (docs/testing-kernels.md), then time it against the "
+                    "memory floor as benchmarks/bench_scan.py does. Exit status: 0 it agrees, 1 it disagrees (the "
+                    "report shows the shrunk counterexample), 2 bad input.")
+    check.add_argument("target", metavar="MODULE:FUNCTION",
+                       help="e.g. my_kernels:scan or path/to/my_scan.py:scan (or the name of a scan backend)")
+    check.add_argument("--max-examples", type=int, default=100, help="Hypothesis examples (default: %(default)s)")
+    check.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    check.add_argument("--gpu", action="store_true", help="run the kernel on CuPy arrays (needs a usable GPU)")
+    check.add_argument("--seed", type=int, help="a seed for a reproducible run")
+    check.add_argument("--no-bench", action="store_true", help="check only, do not time")
+    check.add_argument("--shapes", default="8x2048x512,1x16384x256",
+                       help="comma-separated BxTxD to time (default: %(default)s, as bench_scan.py)")
+    check.add_argument("--repeats", type=int, default=7, help="timings per call per round; the best counts")
+    check.add_argument("--rounds", type=int, default=5, help="rounds of floor, bound and scans (CPU)")
+    check.add_argument("--compare", default="numba",
+                       help="built-in backends timed alongside on the CPU, comma-separated ('' for none; "
+                            "default: %(default)s)")
 
     download = sub.add_parser("download", help="download the Project Gutenberg books into the cache")
     download.add_argument("--out", help="folder (default: the user cache directory)")

@@ -316,3 +316,5 @@ plt.show()
 # round. [docs/benchmarks.md](../docs/benchmarks.md) measures the backends against the memory-bandwidth floor at
 # larger sizes (`python benchmarks/bench_scan.py`). Next: [the RG-LRU](02_rglru.ipynb), which wraps this scan in
 # gates.
+#
+# Wrote a scan kernel of your own? [docs/testing-kernels.md](../docs/testing-kernels.md) registers it, tests it as these backends are tested, and benchmarks it.

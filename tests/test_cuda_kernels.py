@@ -26,7 +26,7 @@ import minigriffin.scan as scan_registry
 from minigriffin.scan import cuda, linear_scan, linear_scan_backward
 from minigriffin.scan.cuda import planner
 from minigriffin.scan.cuda.cupy_backend import NVRTC_OPTIONS
-from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
+from minigriffin.testing import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 NVCC = shutil.which("nvcc")
 GXX = shutil.which("g++")

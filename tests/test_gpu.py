@@ -19,7 +19,7 @@ import minigriffin.scan as scan_registry
 from minigriffin.scan import BackendUnavailable, cuda, linear_scan, linear_scan_backward
 from minigriffin import xp
 from minigriffin.scan.cuda import cupy_backend, planner
-from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
+from minigriffin.testing import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 GPU_REASON = scan_registry.unavailable_reason("cupy")      # None when the cupy backend can run here
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU for the cupy backend: {GPU_REASON}")

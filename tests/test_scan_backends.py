@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minigriffin.scan import available_backends, linear_scan, linear_scan_backward
-from strategies import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
+from minigriffin.testing import RTOL, assert_within, backward_error_scales, forward_error_scale, scan_cases
 
 BACKENDS = [name for name in available_backends() if name != "reference"]
 if "numba" in BACKENDS:

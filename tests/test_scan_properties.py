@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minigriffin.scan import available_backends, linear_scan, linear_scan_backward
-from strategies import RTOL, ScanCase, assert_within, forward_error_scale, scan_cases
+from minigriffin.testing import RTOL, ScanCase, assert_within, forward_error_scale, scan_cases
 
 BACKENDS = available_backends()
 f64_cases = scan_cases(dtypes=(np.float64,))

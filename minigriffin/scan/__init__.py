@@ -8,10 +8,12 @@ follow recurrentgemma's `linear_scan`. This is the core of the RG-LRU (Griffin p
 h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but the recurrence is elementwise).
 
 Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily by name from a
-registry (`backend_names()`, `unavailable_reason(name)`, `available_backends()`): the plain NumPy loop
-(reference.py, the definition), Blelloch's parallel scan (blelloch.py), Numba on the CPU (numba_cpu.py)
-and CUDA through CuPy (the cuda/ subpackage). The backward is written once, here, on top of that
-primitive, so every backend gets its backward for free. Two optional hooks let a backend speed up the
+registry (registry.py: `backend_names()`, `unavailable_reason(name)`, `available_backends()`): the plain NumPy
+loop (reference.py, the definition), Blelloch's parallel scan (blelloch.py), Numba on the CPU (numba_cpu.py)
+and CUDA through CuPy (the cuda/ subpackage). `register_backend(name, scan)` adds one of your own (and
+`unregister_backend(name)` removes it); minigriffin.testing.check_scan_backend tests it against the reference
+(docs/testing-kernels.md). The backward is written once, here, on top of that primitive, so every backend,
+registered ones included, gets its backward for free. Two optional hooks let a backend speed up the
 backward's one elementwise product da_t = g_t * h_prev without writing a backward of its own:
 `scan_times_state(x, a, h0, reverse, out, q, prod)`, a scan that also writes prod = (state entering each
 step) * q as it streams past (numba: it saves a pass over g), or else `multiply(p, q, out)`; without
@@ -20,56 +22,24 @@ either the array library's multiply is used. See docs/scan.md for the derivation
 Notebook: notebooks/01_linear_scan.ipynb
 """
 
-import importlib
-import importlib.util
+import importlib.util  # noqa: F401  (the registry's find_spec; tests patch it as scan.importlib.util)
 
 import numpy as np
 
 from minigriffin.accelerate import reference_only
+from minigriffin.scan.registry import BUILTIN_BACKENDS as _REGISTRY  # noqa: F401  (tests add shims to it)
+from minigriffin.scan.registry import (  # noqa: F401  (re-exported: the public registry)
+    BackendUnavailable,
+    available_backends,
+    backend_names,
+    load_backend,
+    register_backend,
+    unavailable_reason,
+    unregister_backend,
+)
 from minigriffin.xp import array_namespace, check_same_device, is_device_array
 
-# name -> (module path, the Python module it needs, how to install that module)
-_REGISTRY = {
-    "reference": ("minigriffin.scan.reference", "numpy", "pip install numpy"),
-    "blelloch": ("minigriffin.scan.blelloch", "numpy", "pip install numpy"),
-    "numba": ("minigriffin.scan.numba_cpu", "numba", "pip install numba"),
-    "cupy": ("minigriffin.scan.cuda.cupy_backend", "cupy",
-             'pip install "minigriffin[gpu]" (CUDA 12) or "minigriffin[gpu13]" (CUDA 13)'),
-}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-class BackendUnavailable(RuntimeError):
-    """A scan backend was asked for but cannot run here; the message says how to install it."""
-
-
-def backend_names():
-    """Every scan backend's name, in registry order, whether or not it can run here."""
-    return list(_REGISTRY)
-
-
-def unavailable_reason(name):
-    """Why backend `name` cannot run here (the message says how to install what it needs), or None when it can.
-
-    Does not import the backend, except cupy's once its package is installed: it asks the driver (once per
-    process, cached) whether a usable GPU is there.
-    """
-    module, needs, install = _REGISTRY[name]
-    if module is None:
-        return (f"scan backend {name!r} is not implemented in this version of minigriffin "
-                f"(it will need: {install})")
-    if importlib.util.find_spec(needs) is None:
-        return f"scan backend {name!r} needs the {needs!r} package, which is not installed: {install}"
-    if name == "cupy":
-        reason = importlib.import_module(module).unavailable_reason()   # no device, driver too old, ...
-        if reason is not None:
-            return f"scan backend {name!r} cannot run here: {reason}"
-    return None
-
-
-def available_backends():
-    """Names of the scan backends that can run on this machine, in registry order."""
-    return [name for name in _REGISTRY if unavailable_reason(name) is None]
 
 
 def linear_scan(x, a, h0=None, *, reverse=False, backend="auto", out=None):
@@ -131,13 +101,8 @@ def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="
 # --- Helpers: backend dispatch, validation, buffers ---------------------------------------------------------
 
 def _load(name):
-    """Import and return the backend module `name`, or raise BackendUnavailable with the install command."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown scan backend {name!r}; choose one of {['auto', *_REGISTRY]}")
-    reason = unavailable_reason(name)
-    if reason is not None:
-        raise BackendUnavailable(reason)
-    return importlib.import_module(_REGISTRY[name][0])
+    """The backend module (or registered backend) `name`: minigriffin.scan.registry.load_backend."""
+    return load_backend(name)
 
 
 def _resolve(backend, x):
