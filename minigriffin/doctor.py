@@ -45,6 +45,13 @@ def doctor():
         reason = unavailable_reason(name)
         print(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
     print(f"cupy          {cupy_status()}")
+    from minigriffin.accelerate import accelerators, reference_only
+    state = "OFF (MINIGRIFFIN_REFERENCE=1: the NumPy definitions only)" if reference_only() else \
+        "on (MINIGRIFFIN_REFERENCE=1 turns them off)"
+    print(f"accelerators: {state}")
+    for key, found in accelerators().items():
+        for accelerator in found:
+            print(f"  {key.removeprefix('minigriffin.'):<32} <- {accelerator.name.removeprefix('minigriffin.')}")
     for dist in ("pytest", "hypothesis", "torch", "jax", "flax", "recurrentgemma"):
         print(f"{dist:<13} {version(dist)}  (tests only)")
     return 0 if ok else 1

@@ -9,7 +9,8 @@ from minigriffin.cli import main
 def test_doctor_reports_versions_threading_and_gpu(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for expected in ("numpy", "numba threads", "numba layer", "scan backends", "numba      available", "cupy"):
+    for expected in ("numpy", "numba threads", "numba layer", "scan backends", "numba      available", "cupy",
+                     "accelerators: on", "inference.forward_chunk          <- fast.decode_step"):
         assert expected in out, f"doctor output lacks {expected!r}:\n{out}"
 
 
