@@ -142,14 +142,16 @@ def read_csv(path, name=None, train_len=0):
                        np.array([int(r["documents"]) for r in rows], dtype=np.int64))
 
 
-def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)"):
+def plot_curves(curves, path, title="Loss per token position (held-out books, one document each)", paired=None):
     """Several runs on one figure: log-scaled positions, a band of +-1 standard error of the mean over
-    documents (spread / sqrt(documents), with each bucket's own document count), training lengths marked."""
+    documents (spread / sqrt(documents), with each bucket's own document count), training lengths marked.
+    paired: optional [(label, lo, hi, mean, low, high)] arrays per bucket (findings.bucket_differences),
+    drawn in a panel beneath with their 95% intervals: paired differences on the same tokens."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 5))          # no pyplot: never switches the backend of a notebook session
+    fig = Figure(figsize=(8, 7.5 if paired else 5))   # no pyplot: never switches a notebook's backend
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax, below = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1]) if paired else (fig.subplots(), None)
     marked = set()
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
@@ -163,11 +165,21 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
                     fontsize=8, color="gray")
             marked.add(c.train_len)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("token position in the document (bytes); band: +-1 standard error over documents")
     ax.set_ylabel("cross-entropy (nats per byte)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    if paired:
+        for i, (label, lo, hi, mean, low, high) in enumerate(paired):
+            centre = np.sqrt(np.maximum(lo, 1) * hi)
+            below.plot(centre, mean, "o-", ms=3, color=f"C{i % 10}", label=label)
+            below.fill_between(centre, low, high, color=f"C{i % 10}", alpha=0.2)
+        below.axhline(0, color="black", lw=0.8)
+        below.set_ylabel("paired difference\n(nats per byte)")
+        below.grid(alpha=0.3, which="both")
+        below.legend(fontsize=8)
+    (below or ax).set_xlabel("token position in the document (bytes); bands: +-1 standard error over documents"
+                             + ("; below: 95% bootstrap interval" if paired else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return Path(path)

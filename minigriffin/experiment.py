@@ -26,7 +26,7 @@ import numpy as np
 from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_pattern, config_to_dict
 from minigriffin.evaluate import (curve_from_losses, document_losses, documents, markdown_table, plot_curves,
                                   write_csv)
-from minigriffin.findings import context_findings, findings_markdown, train_length_findings
+from minigriffin.findings import bucket_differences, context_findings, findings_markdown, train_length_findings
 from minigriffin.paired import save_losses
 
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
@@ -153,8 +153,9 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                         "val_loss": summary["best_val_loss"], "attention": attention_kind(trainer.model_cfg),
                         "window": None if trainer.model_cfg.global_attention or ATTENTION not in cfg.block_types
                         else trainer.model_cfg.attention_window_size})
+    paired = bucket_differences(table_losses, runs, p["L"], eval_len) if study == "train-length" else None
     figure = plot_curves(curves, out_dir / f"{study}.png",
-                         title=f"{study}: loss per position on held-out books ({preset} preset)")
+                         title=f"{study}: loss per position on held-out books ({preset} preset)", paired=paired)
     positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}
                        | ({16 * p["L"] - 2} if study == "train-length" else set()))
     table = markdown_table(curves, positions)

@@ -10,6 +10,9 @@ Each verdict is "helps", "hurts" or "no difference": whether the 95% interval ov
 below 0, or straddles it (paired.verdict).
 """
 
+import numpy as np
+
+from minigriffin.evaluate import log_buckets
 from minigriffin.paired import describe, paired_difference, same_token_test, verdict
 
 
@@ -79,6 +82,33 @@ def train_length_findings(losses, runs, L, eval_len):
                             "positions": [lo, hi], "comparison": "4L - L", "mean": mean, "low": low,
                             "high": high, "verdict": verdict(mean, low, high, above="4L worse", below="4L better")})
     return records
+
+
+def bucket_differences(losses, runs, L, max_len):
+    """For each family with models at L and 4L: (label, lo, hi, mean, low, high) arrays over the log position
+    buckets of evaluate.log_buckets, the 4L model minus the L model on the same documents and positions, with
+    95% bootstrap intervals (for the panel beneath the loss curves)."""
+    by_family = {}
+    for label, family, train_len, _ in runs:
+        by_family.setdefault(family, {})[train_len] = label
+    panels = []
+    lo_all, hi_all = log_buckets(max_len)
+    for family, labels in by_family.items():
+        if L not in labels or 4 * L not in labels:
+            continue
+        rows = [(lo, hi, *_bucket_difference(losses[labels[L]], losses[labels[4 * L]], lo, hi))
+                for lo, hi in zip(lo_all, hi_all)]
+        lo, hi, mean, low, high = (np.array(col) for col in zip(*rows))
+        panels.append((f"{family}: {4 * L} minus {L}", lo, hi, mean, low, high))
+    return panels
+
+
+def _bucket_difference(first, second, lo, hi):
+    """paired_difference, or NaNs where no document covers the whole bucket."""
+    try:
+        return paired_difference(first, second, lo, hi)
+    except ValueError:
+        return (np.nan, np.nan, np.nan)
 
 
 def findings_markdown(records):

@@ -109,6 +109,15 @@ def test_studies_print_and_record_verdicts(corpus_dir, tmp_path, study, capsys):
         assert f["low"] <= f["mean"] <= f["high"] and f["verdict"] in (
             "longer context helps", "longer context hurts", "4L better", "4L worse", "no difference")
     assert "| finding |" in (out / f"{study}.md").read_text() and "| finding |" in capsys.readouterr().out
+    if study == "train-length":                  # the paired panel beneath the curves
+        from minigriffin.findings import bucket_differences
+        from minigriffin.experiment import PRESETS, runs_for
+        tables = {m["label"]: load_losses(out / f"{study}-{m['label']}.npz")[0] for m in results["models"]}
+        panels = bucket_differences(tables, runs_for(study, PRESETS["tiny"]), 16, results["eval_len"])
+        assert [p[0] for p in panels] == ["hawk: 64 minus 16", "griffin: 64 minus 16"]
+        for _, lo, hi, mean, low, high in panels:
+            ok = ~np.isnan(mean)
+            assert ok.any() and np.all(low[ok] <= mean[ok]) and np.all(mean[ok] <= high[ok])
     for model in results["models"]:
         losses, name, train_len = load_losses(out / f"{study}-{model['label']}.npz")
         assert name == model["label"] and losses.shape == (results["documents"], results["eval_len"] - 1)
