@@ -179,8 +179,8 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
         below.grid(alpha=0.3, which="both")
         below.legend(fontsize=8)
     (below or ax).set_xlabel("token position in the document (bytes); band: +-1 standard error over documents"
-                             if not paired else "token position in the document (bytes); bands: +-1 standard "
-                             "error over documents (top), 95% bootstrap interval (bottom)", fontsize=9)
+                             if not paired else "token position (bytes); bands: +-1 standard error over documents "
+                             "(top), 95% bootstrap interval (bottom)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return Path(path)
