@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 1. The linear scan
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §2.4 (the recurrence of eq. 4). Docs: [docs/scan.md](../docs/scan.md).
+#
 # Every RG-LRU layer of Hawk and Griffin (De, Smith et al. 2024, eq. 4) ends in one recurrence,
 #
 # $$h_t = a_t \, h_{t-1} + x_t, \qquad t = 0, \dots, T-1, \qquad h_{-1} = h_0,$$

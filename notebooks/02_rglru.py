@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 2. The RG-LRU
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §2.4, eqs. 1-4. Docs: [docs/backprop.md](../docs/backprop.md).
+#
 # The Real-Gated Linear Recurrent Unit (Griffin paper §2.4) is the layer that gives Hawk and Griffin their memory.
 # For an input $x_t$ of width $E$ (the output of the recurrent block's Conv1D):
 #
@@ -26,6 +28,9 @@
 # h_t &= a_t \odot h_{t-1} + \sqrt{1 - a_t^2} \odot (i_t \odot x_t) && \text{(eq. 4)}
 # \end{aligned}
 # $$
+#
+# The paper writes $a = \sigma(\Lambda)$; recurrentgemma, and this package, store $\texttt{a\_param} = -\Lambda$,
+# so $a = \sigma(-\texttt{a\_param})$ and $\log a = -\operatorname{softplus}(\texttt{a\_param})$.
 #
 # The gates read the layer's input, never $h$, so everything except the recurrence itself is elementwise and runs for
 # all $t$ at once; the recurrence is the linear scan of [notebook 1](01_linear_scan.ipynb). $W_a$ and $W_x$ are

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 3. Local attention and RoPE
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §2.3. Docs: [docs/backprop.md](../docs/backprop.md).
+#
 # Griffin's other temporal block is *local* multi-query attention (paper §2.3): every query attends to itself and the
 # $W$ keys before it (never across a document start), all $H$ query heads share one key/value head, and positions
 # enter only through rotary embeddings (RoPE) on the queries and keys. This notebook draws the mask, shows RoPE as

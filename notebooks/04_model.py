@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 4. Putting the model together
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §2 and Figure 2, Table 2. Docs: [docs/architecture.md](../docs/architecture.md).
+#
 # Hawk, Griffin and the MQA Transformer baseline share everything except which temporal block each residual block
 # uses. Every residual block is
 #
@@ -79,7 +81,8 @@ plt.show()
 for family in families:
     cfg = PRESETS[f"{family}-small"]
     print(f"{family}-small: D = {cfg.width}, {cfg.num_layers} blocks {''.join(k[0].upper() for k in cfg.block_types)}, "
-          f"window {cfg.attention_window_size}, {count_params(cfg):,} parameters")
+          f"{'global attention' if cfg.global_attention else f'window {cfg.attention_window_size}'}, "
+          f"{count_params(cfg):,} parameters")
 
 # %% [markdown]
 # ## Parameter counts against Table 2

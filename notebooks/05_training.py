@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 5. Training on books
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §3. Docs: [docs/architecture.md](../docs/architecture.md), [docs/reliability.md](../docs/reliability.md).
+#
 # A small Griffin learns to write English, byte by byte, from public-domain books. This notebook looks at the
 # training data, runs a short training with the same code path as `minigriffin train`, draws the loss curve and
 # samples from the result.

@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 6. Long context: Figure 5 at laptop scale
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §6.1 and Figure 5. Docs: [docs/results.md](../docs/results.md), which judges each finding with paired
+# statistics and says what matches the paper and what does not.
+#
 # Section 6.1 of the Griffin paper asks what happens when a model reads far more text than it was trained on. Long
 # held-out documents are fed whole, and the loss is averaged per token position. In Figure 5 (left), Hawk
 # and Griffin keep predicting well, or better, at positions several times beyond their training length, while the

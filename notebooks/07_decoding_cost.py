@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 7. Decoding cost against context length
 #
+# Paper: [De, Smith et al. 2024, "Griffin", arXiv 2402.19427](https://arxiv.org/abs/2402.19427), §5 (eq. 5). Docs: [docs/benchmarks.md](../docs/benchmarks.md).
+#
 # Generating text costs one forward step per token, and each step reads the model's parameters plus whatever it
 # carries about the past (Griffin paper §5.1):
 #
