@@ -145,7 +145,8 @@ def _experiment(args):
     out = args.out or os.path.join("runs", f"experiment-{args.preset}")
     data_dir = resolve_data_dir(args.data_dir)
     command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
-               f"--data-dir {data_dir} --out {out} --seed {args.seed}"
+               + (f"--data-dir {args.data_dir} " if args.data_dir else "")     # as typed: portable
+               + f"--out {out} --seed {args.seed}"
                + (f" --eval-data-dir {args.eval_data_dir}" if args.eval_data_dir else ""))
     run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
               eval_data_dir=args.eval_data_dir)
