@@ -2,6 +2,8 @@
 
 A checkpoint is one .npz file (numpy's zip of arrays, loaded with allow_pickle=False) holding
     param/<dotted path>, adam_m/<dotted path>, adam_v/<dotted path>   the arrays
+    carry/<dotted path>                  the state carried into the next training window, when a run trains
+                                         with carry_windows > 1 and stopped mid-group (minigriffin.carry)
     meta                                                                JSON text: format version, step,
         configs, every RNG state, the best validation loss, and a sha256 of all the arrays above
 It is written to a temporary file in the same folder (a unique name, .last.npz.XXXX.tmp), flushed and fsynced,
@@ -77,13 +79,16 @@ def _remove_stale_temporaries(path, before_ns):
                 tmp.unlink()
 
 
-def save_checkpoint(path, *, params, adam_m, adam_v, meta):
-    """Write a checkpoint atomically. meta: JSON-able dict (step, configs, RNG states, ...).
+def save_checkpoint(path, *, params, adam_m, adam_v, meta, carry=None):
+    """Write a checkpoint atomically. meta: JSON-able dict (step, configs, RNG states, ...); carry: an optional
+    tree of arrays (minigriffin.carry's carried state).
 
     Raises CheckpointWriteError (an OSError) naming the file if it cannot be written; the previous checkpoint at
     path is then left exactly as it was and no temporary file remains."""
     path = Path(path)
     arrays = {**_flatten("param", params), **_flatten("adam_m", adam_m), **_flatten("adam_v", adam_v)}
+    if carry is not None:
+        arrays.update(_flatten("carry", carry))
     meta = {**meta, "format_version": FORMAT_VERSION, "sha256": _digest(arrays)}
     tmp = None
     try:
@@ -119,8 +124,9 @@ def save_checkpoint(path, *, params, adam_m, adam_v, meta):
     return path
 
 
-def load_checkpoint(path):
-    """Read and verify a checkpoint: returns (params, adam_m, adam_v, meta). Raises CheckpointError naming the
+def load_checkpoint(path, with_carry=False):
+    """Read and verify a checkpoint: returns (params, adam_m, adam_v, meta), and the carried state's tree (or
+    None) as a fifth item when with_carry. Raises CheckpointError naming the
     file and the problem (missing, not a checkpoint, truncated, checksum mismatch, other format version)."""
     path = Path(path)
     if not path.is_file():
@@ -141,13 +147,16 @@ def load_checkpoint(path):
                               f"{FORMAT_VERSION}")
     if meta.get("sha256") != _digest(arrays):
         raise CheckpointError(f"{path} is corrupt: its arrays do not match the checksum stored with them")
-    groups = {"param": {}, "adam_m": {}, "adam_v": {}}
+    groups = {"param": {}, "adam_m": {}, "adam_v": {}, "carry": {}}
     for name, arr in arrays.items():
         group, _, dotted = name.partition("/")
         if group not in groups:
             raise CheckpointError(f"{path} has an unexpected entry {name!r}")
         groups[group][dotted] = arr
-    return unflatten(groups["param"]), unflatten(groups["adam_m"]), unflatten(groups["adam_v"]), meta
+    loaded = unflatten(groups["param"]), unflatten(groups["adam_m"]), unflatten(groups["adam_v"]), meta
+    if with_carry:
+        return (*loaded, unflatten(groups["carry"]) if groups["carry"] else None)
+    return loaded
 
 
 def load_run(run_dir, checkpoint="best"):

@@ -199,11 +199,13 @@ class TrainConfig:
     log_every: int = 10                          # plain progress lines when not on a terminal
     seed: int = 0                                # seeds parameter init and the data sampler
     cpu_workers: int = 0                         # threads sharing a batch's rows on the CPU; 0 = one per core
+    carry_windows: int = 1                       # consecutive windows each row reads with its state carried
+                                                 # across them (minigriffin.carry); 1 = independent windows
 
     def __post_init__(self):
         _check_types(self, TrainConfig)
         for name in ("batch_size", "seq_len", "max_steps", "eval_batches", "eval_every", "checkpoint_every",
-                     "log_every"):
+                     "log_every", "carry_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cpu_workers < 0:

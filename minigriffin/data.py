@@ -133,7 +133,7 @@ def load_eval_books(folder, *, cache_dir=None, tokenizer=None):
     return TokenSplit(*cached_split(books, cache_root, tokenizer, "eval"), "eval")
 
 
-def _check_batch_args(split, batch_size, seq_len):
+def check_batch_args(split, batch_size, seq_len):
     """Validate sizes against the split; ValueError naming both numbers when the split is too short."""
     for arg, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -158,9 +158,13 @@ def sample_batch(split, batch_size, seq_len, rng):
         raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), "
                         f"got {type(rng).__name__}")
     B, T = batch_size, seq_len
-    N = _check_batch_args(split, B, T)
+    N = check_batch_args(split, B, T)
     starts = rng.integers(0, N - T, size=B)                          # (B,) uniform in [0, N - T - 1]
-    idx = starts[:, None] + np.arange(T)                              # (B, T) stream offset of each input
+    return batch_at(split, starts[:, None] + np.arange(T))
+
+
+def batch_at(split, idx):
+    """The Batch whose inputs are the split's tokens at stream offsets idx: (B, T) ints with idx + 1 < N."""
     tokens = np.array(split.tokens[idx], dtype=np.int64)             # (B, T)
     targets = np.array(split.tokens[idx + 1], dtype=np.int64)        # (B, T)
     doc = np.searchsorted(split.doc_starts, idx, side="right") - 1   # (B, T) document holding each input

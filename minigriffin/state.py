@@ -99,3 +99,42 @@ def check_state(state, cfg, B):
     arr = first.h if isinstance(first, RecurrentState) else first.keys
     if arr.dtype != np.dtype(cfg.dtype):
         raise TypeError(f"state is {arr.dtype} but cfg.dtype is {cfg.dtype!r}")
+
+
+# ---------------------------------------------------------------------------- carrying a state in training
+def _block_from_arrays(kind_of, arrays):
+    """A RecurrentState or AttentionState (of the same kind as kind_of) from its three arrays."""
+    if isinstance(kind_of, RecurrentState):
+        return RecurrentState(*arrays)
+    return AttentionState(*arrays)                   # plain arrays; the first append moves them into a buffer
+
+
+def state_rows(state, rows):
+    """The state of some batch rows only (rows: a slice), e.g. one CPU worker's share (fast/parallel.py)."""
+    blocks = tuple(_block_from_arrays(b, [arr[rows] for arr in block_arrays(b)]) for b in state.blocks)
+    return ModelState(blocks, state.doc[rows], state.num_tokens)
+
+
+def concat_states(states):
+    """One state from the states of consecutive row shares (the inverse of state_rows); arrays are copied."""
+    if len(states) == 1:
+        return states[0]
+    first = states[0]
+    blocks = tuple(_block_from_arrays(b, [np.concatenate(parts) for parts in
+                                          zip(*(block_arrays(s.blocks[i]) for s in states))])
+                   for i, b in enumerate(first.blocks))
+    return ModelState(blocks, np.concatenate([s.doc for s in states]), first.num_tokens)
+
+
+def state_to_tree(state):
+    """{"blocks": [{name: array}], "doc": array}: a ModelState as a tree of arrays, for a checkpoint."""
+    blocks = [dict(zip(("h", "conv_x", "conv_doc") if isinstance(b, RecurrentState) else
+                       ("keys", "values", "doc"), block_arrays(b))) for b in state.blocks]
+    return {"blocks": blocks, "doc": state.doc}
+
+
+def state_from_tree(tree, num_tokens, xp=np):
+    """The ModelState state_to_tree wrote (arrays moved to module xp: numpy, or cupy for a GPU run)."""
+    blocks = tuple(RecurrentState(*(xp.asarray(b[k]) for k in ("h", "conv_x", "conv_doc"))) if "h" in b else
+                   AttentionState(*(xp.asarray(b[k]) for k in ("keys", "values", "doc"))) for b in tree["blocks"])
+    return ModelState(blocks, xp.asarray(tree["doc"]), int(num_tokens))

@@ -9,7 +9,8 @@
                                  refused, naming the first; a lock left by a killed run is taken over
 
 Resuming restores the parameters, AdamW's moments, the step, the data sampler's RNG state and the best
-validation loss (the lower of last.npz's and best.npz's), and trims metrics.jsonl to the checkpoint's step
+validation loss (the lower of last.npz's and best.npz's), the state carried into the next window when
+training with carry_windows > 1 (minigriffin.carry), and trims metrics.jsonl to the checkpoint's step
 (dropping the steps that will be trained again and a line torn by a kill), so N steps in one go and
 N/2 + kill + resume + N/2 give bit-identical parameters and the same losses (with the reference scan and one
 thread; multithreaded reductions may round differently run to run).
@@ -29,7 +30,6 @@ Notebook: notebooks/05_training.ipynb
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -37,9 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin.accelerate import accelerated
+from minigriffin.carry import WindowSampler
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
 from minigriffin.device import DEVICES, default_workers, device_namespace
+from minigriffin.interrupt import StopRequest
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
 from minigriffin.model import model_backward, model_forward
 from minigriffin.optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, lr_schedule
@@ -53,23 +55,28 @@ from minigriffin.xp import array_namespace
 EXIT_INTERRUPTED = 130
 
 
-def weighted_loss_and_grads(params, batch, cfg, weight):
-    """Mean cross-entropy over the batch's unmasked positions, and the gradient of weight * that loss."""
-    logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg)
+def weighted_loss_and_grads(params, batch, cfg, weight, state=None):
+    """Mean cross-entropy over the batch's unmasked positions, the gradient of weight * that loss, and the
+    state after the batch (None unless a state to start from was given; minigriffin.carry)."""
+    logits, cache = model_forward(params, batch.tokens, batch.segment_pos, cfg, state=state)
     loss, ce_cache = cross_entropy_forward(logits, batch.targets, batch.mask)
-    return loss, model_backward(cross_entropy_backward(weight, ce_cache), cache)
+    return loss, model_backward(cross_entropy_backward(weight, ce_cache), cache), cache.state
 
 
 @accelerated
-def loss_and_grads(params, batch, cfg, workers=1):
+def loss_and_grads(params, batch, cfg, workers=1, state=None):
     """Mean cross-entropy over unmasked positions of a batch, and its gradient for every parameter.
 
     The definition runs the whole batch in one forward and backward. With workers > 1 on NumPy arrays,
     minigriffin.fast.parallel splits the batch's rows between that many threads instead, each running this
     same forward and backward on one core (NumPy's elementwise work is single-threaded, so this is how a CPU
-    step uses every core): the same result up to the order of floating-point sums."""
-    return weighted_loss_and_grads(params, batch, cfg, 1.0)
+    step uses every core): the same result up to the order of floating-point sums.
 
+    state: a ModelState to start the batch from, carried from the previous window (training with
+    carry_windows > 1, minigriffin.carry); the gradient stops at it. Then the return is (loss, grads,
+    state after the batch) instead of (loss, grads)."""
+    loss, grads, new_state = weighted_loss_and_grads(params, batch, cfg, 1.0, state)
+    return (loss, grads) if state is None else (loss, grads, new_state)
 
 
 def evaluate(params, batches, cfg):
@@ -90,29 +97,6 @@ def first_non_finite(grads):
         if not bool(xp.all(xp.isfinite(g))):
             return path
     return None
-
-
-class _Interrupt:
-    """SIGINT handler for the loop only: the first Ctrl-C asks to stop after this step, the second stops now."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-        return False
 
 
 class Trainer:
@@ -139,6 +123,8 @@ class Trainer:
         self.last_finite_loss = None
         self.step = 0
         self.params = self.opt_state = self.data_rng = None
+        self.windows = WindowSampler(corpus.train, model_cfg, train_cfg.batch_size, train_cfg.seq_len,
+                                     train_cfg.carry_windows, self.xp)      # where each step's tokens come from
         self.lock = None                            # RunLock: held from start_fresh/resume until run() ends
 
     # ------------------------------------------------------------------------------------ state in/out
@@ -164,8 +150,9 @@ class Trainer:
                 "last_finite_loss": self.last_finite_loss, "saved_from_device": self.device}
 
     def save(self, name):
+        carry_meta, carry = self.windows.checkpoint_arrays(self.step)
         return save_checkpoint(self.ckpt_dir / name, params=self.params, adam_m=self.opt_state.m,
-                               adam_v=self.opt_state.v, meta=self.meta())
+                               adam_v=self.opt_state.v, meta=self.meta() | carry_meta, carry=carry)
 
     @classmethod
     def resume(cls, run_dir, corpus_loader, max_steps=None, device="cpu"):
@@ -182,7 +169,7 @@ class Trainer:
 
     @classmethod
     def _resume_locked(cls, run_dir, corpus_loader, max_steps, device, lock):
-        params, m, v, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "last.npz")
+        params, m, v, meta, carry = load_checkpoint(Path(run_dir) / "checkpoints" / "last.npz", with_carry=True)
         model_cfg = config_from_dict(meta["model_config"])
         train_dict = dict(meta["train_config"])
         if max_steps is not None:
@@ -194,6 +181,7 @@ class Trainer:
         trainer.opt_state = AdamWState(trainer.step, to_device(m, trainer.xp), to_device(v, trainer.xp))
         trainer.data_rng = np.random.default_rng()
         trainer.data_rng.bit_generator.state = meta["data_rng_state"]
+        trainer.windows.restore(meta, carry)
         trainer.best_val = best_val_loss(trainer.ckpt_dir, float(meta["best_val_loss"]))
         trainer.last_finite_loss = meta.get("last_finite_loss")
         trim_metrics(trainer.run_dir / "metrics.jsonl", trainer.step)
@@ -211,11 +199,17 @@ class Trainer:
             f"{self.last_finite_loss}); {where}. Parameters before this step are in {snapshot}; the last good "
             f"checkpoint is untouched. Try a lower --lr, --grad_clip=1.0, or --dtype=float64 to debug.")
 
-    def train_step(self, batch):
-        """One optimisation step; returns (loss, grad norm before clipping, lr)."""
+    def train_step(self, batch, state=None):
+        """One optimisation step from `state` (None: from zeros); returns (loss, grad norm before clipping,
+        lr). A carried state goes on to the next window (self.windows.carry)."""
         tc = self.train_cfg
         batch = to_device(batch, self.xp)                   # sampled on the host; a no-op on the CPU
-        loss, grads = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers)
+        if state is None:
+            loss, grads = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers)
+        else:
+            loss, grads, new_state = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers,
+                                                    state=state)
+            self.windows.carry(new_state)
         lr = lr_schedule(self.step + 1, lr=tc.lr, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps,
                          min_lr=tc.min_lr)
         norm = clip_by_global_norm(grads, tc.grad_clip)
@@ -229,7 +223,7 @@ class Trainer:
 
     def run(self, progress=None, log=print):
         """Train until max_steps (or Ctrl-C). Returns a summary dict. progress: a tqdm-like factory or None."""
-        from minigriffin.data import eval_batches, sample_batch
+        from minigriffin.data import eval_batches
         if self.lock is None or not self.lock.held:        # a Trainer set up by hand, or run() a second time
             self.lock = RunLock(self.run_dir).acquire()
         tc = self.train_cfg
@@ -241,10 +235,10 @@ class Trainer:
         start, start_step, interrupted = time.perf_counter(), self.step, False
         pause = float(os.environ.get("MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT", "0"))   # used by the kill test
         try:
-            with _Interrupt() as interrupt:
+            with StopRequest() as interrupt:
                 while self.step < tc.max_steps:
-                    batch = sample_batch(self.corpus.train, tc.batch_size, tc.seq_len, self.data_rng)
-                    loss, norm, lr = self.train_step(batch)
+                    batch, state = self.windows.next(self.step, self.data_rng)
+                    loss, norm, lr = self.train_step(batch, state)
                     elapsed = time.perf_counter() - start
                     rate = tokens_per_step * (self.step - start_step) / elapsed
                     record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,

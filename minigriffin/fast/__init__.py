@@ -39,7 +39,7 @@ register(rglru.rglru_gates_backward,
     fused.rglru_gates_backward)
 
 
-def _parallel_applies(params, batch, cfg, workers=1):
+def _parallel_applies(params, batch, cfg, workers=1, state=None):
     return workers > 1 and batch.tokens.shape[0] > 1 and array_namespace(batch.tokens) is np
 
 

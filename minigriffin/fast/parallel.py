@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from minigriffin.state import concat_states, state_rows
 from minigriffin.train import weighted_loss_and_grads
 from minigriffin.tree import tree_leaves
 
@@ -55,28 +56,31 @@ def row_shares(batch_size, workers):
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def loss_and_grads(params, batch, cfg, workers=1):
+def loss_and_grads(params, batch, cfg, workers=1, state=None):
     """train.loss_and_grads computed by `workers` threads, each on a share of the batch's rows.
-    batch: a NamedTuple of (B, T) arrays with a `mask` field (None: every position counts)."""
+    batch: a NamedTuple of (B, T) arrays with a `mask` field (None: every position counts); state: None, or
+    the ModelState carried into these rows (each share carries its own rows; the new states are joined)."""
     step = weighted_loss_and_grads
     B, T = batch.tokens.shape
     shares = []
     for rows in row_shares(B, workers):
         part = type(batch)(*(None if field is None else field[rows] for field in batch))
         counted = (rows.stop - rows.start) * T if batch.mask is None else int(np.count_nonzero(part.mask))
-        if counted:                                     # a share with nothing to count adds nothing
-            shares.append((part, counted))
-    total = sum(counted for _, counted in shares)
+        if counted or state is not None:            # a share with nothing to count adds nothing (but a carried
+            shares.append((part, counted, None if state is None else state_rows(state, rows)))   # state moves on)
+    total = sum(counted for _, counted, _ in shares)
     if total == 0:
         raise ValueError("the mask excludes every position of the batch, so the mean loss is undefined")
     if len(shares) == 1:
-        return step(params, shares[0][0], cfg, 1.0)
-    with _one_blas_thread():
-        results = list(_pool(len(shares)).map(
-            lambda share: step(params, share[0], cfg, share[1] / total), shares))
-    loss = sum(share_loss * counted / total for (share_loss, _), (_, counted) in zip(results, shares))
-    grads = results[0][1]
-    for _, more in results[1:]:                         # in a fixed order: the same workers give the same sums
-        for (_, g), (_, h) in zip(tree_leaves(grads), tree_leaves(more)):
-            g += h
-    return loss, grads
+        loss, grads, new_state = step(params, shares[0][0], cfg, 1.0, shares[0][2])
+    else:
+        with _one_blas_thread():
+            results = list(_pool(len(shares)).map(
+                lambda share: step(params, share[0], cfg, share[1] / total, share[2]), shares))
+        loss = sum(share_loss * counted / total for (share_loss, _, _), (_, counted, _) in zip(results, shares))
+        grads = results[0][1]
+        for _, more, _ in results[1:]:                  # in a fixed order: the same workers give the same sums
+            for (_, g), (_, h) in zip(tree_leaves(grads), tree_leaves(more)):
+                g += h
+        new_state = None if state is None else concat_states([r[2] for r in results])
+    return (loss, grads) if state is None else (loss, grads, new_state)
