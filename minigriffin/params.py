@@ -50,7 +50,7 @@ def init_params(cfg, rng):
                 "linear_out": linear(D, E, math.sqrt(s_out / E)),
                 "conv_1d": {"w": _normal(rng, (K, E), math.sqrt(0.01 / K), dt), "b": zeros(E)},
                 "rg_lru": {
-                    "a_param": init_a_param(rng, E, dt),
+                    "a_param": init_a_param(rng, E, dt, cfg.lru_min_rad, cfg.lru_max_rad),
                     "input_gate": {"w": _normal(rng, (G, blk, blk), math.sqrt(1.0 / blk), dt), "b": zeros(G, blk)},
                     "a_gate": {"w": _normal(rng, (G, blk, blk), math.sqrt(1.0 / blk), dt), "b": zeros(G, blk)},
                 },

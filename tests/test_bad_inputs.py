@@ -53,6 +53,8 @@ CONFIG_CASES = [
     (["--block_types=recurrent,convolution"], r"block_types must be a non-empty tuple"),
     (["stray"], r"unexpected argument 'stray'"),
     (["--lr"], r"option --lr needs a value"),
+    (["--lru_max_rad=1.0"], r"need 0 < lru_min_rad <= lru_max_rad < 1"),
+    (["--carry_windows=0"], r"carry_windows must be >= 1, got 0"),
 ]
 
 

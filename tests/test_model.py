@@ -48,6 +48,20 @@ def test_unknown_keys_and_wrong_types_are_rejected():
     assert make_config("griffin-tiny", logits_soft_cap=30).logits_soft_cap == 30.0   # int accepted as float
 
 
+def test_the_decay_initialisation_range_is_a_config_field():
+    """a = sigmoid(-a_param) starts inside [lru_min_rad, lru_max_rad] (float64: exact to 1e-12), and a
+    reversed or out-of-(0, 1) range is refused."""
+    for lo, hi in ((0.9, 0.999), (0.99, 0.9999)):
+        cfg = make_config("hawk-tiny", lru_width=64, num_heads=2, lru_min_rad=lo, lru_max_rad=hi, dtype="float64")
+        a_param = init_params(cfg, np.random.default_rng(0))["blocks"][0]["recurrent_block"]["rg_lru"]["a_param"]
+        a = 1.0 / (1.0 + np.exp(a_param))
+        assert a.min() >= lo - 1e-12 and a.max() <= hi + 1e-12
+        assert a.max() - a.min() > 0.5 * (hi - lo)                     # spread over the range, not one value
+    for lo, hi in ((0.999, 0.9), (0.0, 0.9), (0.5, 1.0), (float("nan"), 0.9)):
+        with pytest.raises(ValueError, match="lru_min_rad <= lru_max_rad"):
+            make_config("hawk-tiny", lru_min_rad=lo, lru_max_rad=hi)
+
+
 def test_config_is_frozen_and_round_trips_through_a_dict():
     cfg = make_config("griffin-small")
     with pytest.raises(dataclasses.FrozenInstanceError):
