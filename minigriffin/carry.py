@@ -51,7 +51,7 @@ class WindowSampler:
             N = self.split.tokens.shape[0]
             self.starts = rng.integers(0, N - self.K * self.T, size=self.B)     # (B,) in [0, N - K T - 1]
             self.group_start = step
-            self.state = state_from_tree(state_to_tree(init_state(self.cfg, self.B)), 0, self.xp)
+            self.state = init_state(self.cfg, self.B, self.xp)
         idx = self.starts[:, None] + (step - self.group_start) * self.T + np.arange(self.T)   # (B, T)
         return batch_at(self.split, idx), self.state
 

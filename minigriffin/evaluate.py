@@ -20,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minigriffin.inference import forward_chunk, init_state
+from minigriffin.tree import to_host
+from minigriffin.xp import array_namespace
 
 
 class LengthCurve(NamedTuple):
@@ -38,18 +40,20 @@ def standard_error(curve):
 
 
 def position_losses(params, cfg, tokens, chunk_size=512):
-    """Per-position loss for one document. tokens: (N,) ints -> (N-1,) float64 losses, computed chunk by chunk."""
+    """Per-position loss for one document. tokens: (N,) ints -> (N-1,) float64 losses, computed chunk by chunk
+    on the device the parameters are on (NumPy, or CuPy on a GPU); the losses come back to the host."""
     N = len(tokens)
     if N < 2:
         raise ValueError(f"a document needs at least 2 tokens to score, got {N}")
-    state = init_state(cfg, 1)
+    xp = array_namespace(params["embedder"]["input_embedding"])
+    state = init_state(cfg, 1, xp)
     losses = np.empty(N - 1)
     for start in range(0, N - 1, chunk_size):
         stop = min(start + chunk_size, N - 1)
-        chunk = np.asarray(tokens[start:stop], dtype=np.int64)[None]          # (1, C)
-        positions = np.arange(start, stop, dtype=np.int64)[None]              # (1, C) one document
+        chunk = xp.asarray(np.asarray(tokens[start:stop], dtype=np.int64)[None])    # (1, C)
+        positions = xp.arange(start, stop, dtype=np.int64)[None]              # (1, C) one document
         logits, state = forward_chunk(params, chunk, positions, cfg, state)   # (1, C, V)
-        logits = logits[0].astype(np.float64)                                 # (C, V)
+        logits = to_host(logits[0]).astype(np.float64)                        # (C, V)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_z = np.log(np.exp(shifted).sum(axis=-1))                          # (C,)
         targets = np.asarray(tokens[start + 1:stop + 1], dtype=np.int64)      # (C,)

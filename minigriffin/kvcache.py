@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minigriffin.xp import array_namespace
+
 
 class KVBuffer:
     """Preallocated storage behind AttentionState: keys, values (B, C, Dh) and doc (B, C), C >= the window.
@@ -29,10 +31,10 @@ class KVBuffer:
     """
     __slots__ = ("keys", "values", "doc", "head")
 
-    def __init__(self, B, capacity, Dh, dtype):
-        self.keys = np.empty((B, capacity, Dh), dtype)      # (B, C, Dh)
-        self.values = np.empty((B, capacity, Dh), dtype)    # (B, C, Dh)
-        self.doc = np.empty((B, capacity), np.int64)        # (B, C)
+    def __init__(self, B, capacity, Dh, dtype, xp=np):
+        self.keys = xp.empty((B, capacity, Dh), dtype)      # (B, C, Dh)  (xp: numpy, or cupy on a GPU)
+        self.values = xp.empty((B, capacity, Dh), dtype)    # (B, C, Dh)
+        self.doc = xp.empty((B, capacity), np.int64)        # (B, C)
         self.head = 0
 
     @property
@@ -75,7 +77,7 @@ def kv_reserve(state, T, window):
     if buf is not None and buf.head == end and end + T <= buf.capacity:
         new_end = end + T                                   # in place: nothing any state sees is overwritten
     else:                                                   # a fresh buffer with the last `reach` entries
-        buf = KVBuffer(B, reach + slack(reach), Dh, state.keys.dtype)
+        buf = KVBuffer(B, reach + slack(reach), Dh, state.keys.dtype, array_namespace(state.keys))
         n_old = reach - n_new                               # <= N
         buf.keys[:, :n_old] = state.keys[:, N - n_old:]
         buf.values[:, :n_old] = state.values[:, N - n_old:]

@@ -38,8 +38,9 @@ class ModelState(NamedTuple):
     plan: object = None   # fast.decode.DecodePlan: params laid out for the T = 1 kernels, made once and passed on
 
 
-def init_state(cfg, batch_size):
-    """The state before the first token (zeros, empty caches). cfg: GriffinConfig -> ModelState."""
+def init_state(cfg, batch_size, xp=np):
+    """The state before the first token (zeros, empty caches). cfg: GriffinConfig -> ModelState.
+    xp: the array module the model runs on (numpy, or cupy for parameters on a GPU)."""
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     B, E, Dh, K1 = int(batch_size), cfg.lru_width, cfg.head_dim, cfg.conv1d_temporal_width - 1
@@ -47,14 +48,14 @@ def init_state(cfg, batch_size):
     blocks = []
     for kind in cfg.block_types:
         if kind == RECURRENT:
-            blocks.append(RecurrentState(h=np.zeros((B, E), dt),                      # (B, E)
-                                         conv_x=np.zeros((B, K1, E), dt),             # (B, K-1, E)
-                                         conv_doc=np.full((B, K1), NO_DOC, np.int64)))  # (B, K-1)
+            blocks.append(RecurrentState(h=xp.zeros((B, E), dt),                      # (B, E)
+                                         conv_x=xp.zeros((B, K1, E), dt),             # (B, K-1, E)
+                                         conv_doc=xp.full((B, K1), NO_DOC, np.int64)))  # (B, K-1)
         else:
-            blocks.append(AttentionState(keys=np.zeros((B, 0, Dh), dt),               # (B, 0, Dh)
-                                         values=np.zeros((B, 0, Dh), dt),             # (B, 0, Dh)
-                                         doc=np.zeros((B, 0), np.int64)))             # (B, 0)
-    return ModelState(tuple(blocks), np.zeros(B, np.int64), 0)
+            blocks.append(AttentionState(keys=xp.zeros((B, 0, Dh), dt),               # (B, 0, Dh)
+                                         values=xp.zeros((B, 0, Dh), dt),             # (B, 0, Dh)
+                                         doc=xp.zeros((B, 0), np.int64)))             # (B, 0)
+    return ModelState(tuple(blocks), xp.zeros(B, np.int64), 0)
 
 
 def block_arrays(block):
