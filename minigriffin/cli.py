@@ -147,9 +147,10 @@ def _experiment(args):
     command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
                + (f"--data-dir {args.data_dir} " if args.data_dir else "")     # as typed: portable
                + f"--out {out} --seed {args.seed}"
-               + (f" --eval-data-dir {args.eval_data_dir}" if args.eval_data_dir else ""))
+               + (f" --device {args.device}" if args.device != "cpu" else "")
+               + "".join(f" --eval-data-dir {d}" for d in args.eval_data_dir))
     run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
-              eval_data_dir=args.eval_data_dir)
+              eval_data_dirs=args.eval_data_dir, device=args.device)
     return 0
 
 
@@ -162,7 +163,8 @@ def _check_scan(args):
 
 def _download(args):
     from minigriffin.gutenberg import download_books
-    print(f"books in {download_books(args.out)}")
+    out = download_books(args.out, nonfiction=args.nonfiction)
+    print(f"books in {out / 'nonfiction' if args.nonfiction else out}")
     return 0
 
 

@@ -82,12 +82,16 @@ def build_parser():
     exp = sub.add_parser("experiment", help="reproduce the paper's long-context study at laptop scale")
     exp.add_argument("name", choices=["extrapolation"])
     exp.add_argument("--study", choices=["extrapolation", "train-length"], default="extrapolation")
-    exp.add_argument("--preset", choices=["laptop", "tiny"], default="laptop")
+    exp.add_argument("--preset", choices=["laptop", "tiny", "gpu"], default="laptop",
+                     help="laptop: both studies in ~15-25 min on 2 cores; gpu: the larger models, for --device gpu")
+    exp.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="train and evaluate on this device")
     exp.add_argument("--data-dir")
     exp.add_argument("--out", help="output folder, shared by both studies (default: runs/experiment-<preset>)")
     exp.add_argument("--seed", type=int, default=0)
-    exp.add_argument("--eval-data-dir", help="evaluate the trained models on this folder's books (its valid/ "
-                                             "books if it has train/ and valid/, else every .txt file in it)")
+    exp.add_argument("--eval-data-dir", action="append", default=[],
+                     help="also evaluate the trained models on this folder's books (its valid/ books if it has "
+                          "train/ and valid/, else every .txt file in it), e.g. the non-fiction books of "
+                          "`minigriffin download --nonfiction`; repeatable; files <study>-on-<folder name>.*")
 
     check = sub.add_parser(
         "check-scan", help="property-test a scan kernel of your own against the reference, then time it",
@@ -112,4 +116,7 @@ def build_parser():
 
     download = sub.add_parser("download", help="download the Project Gutenberg books into the cache")
     download.add_argument("--out", help="folder (default: the user cache directory)")
+    download.add_argument("--nonfiction", action="store_true",
+                          help="fetch the non-fiction evaluation books instead, into <folder>/nonfiction (then: "
+                               "experiment ... --eval-data-dir <folder>/nonfiction)")
     return parser

@@ -17,6 +17,7 @@ whose checkpoint is complete is not trained again).
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_pattern, config_to_dict
+from minigriffin.data import unigram_entropy
 from minigriffin.evaluate import (curve_from_losses, document_losses, documents, markdown_table, plot_curves,
                                   write_csv)
 from minigriffin.findings import bucket_differences, context_findings, findings_markdown, train_length_findings
@@ -35,6 +37,10 @@ PRESETS = {
                    segments=16, nope=True),
     "tiny": dict(width=16, depth=3, heads=2, lru_width=16, mlp=48, L=16, batch=2, steps=3, lr=3e-3, segments=2,
                  nope=True),   # tests
+    # For a GPU (--device gpu): 4x wider, 1.5x deeper, L = 512 against 4L = 2,048, 16,384 tokens a step, 49M
+    # tokens per model (30x the laptop's). Not yet run on a GPU: docs/results.md says what it should show.
+    "gpu": dict(width=512, depth=6, heads=4, lru_width=512, mlp=1536, L=512, batch=32, steps=3000, lr=1e-3,
+                segments=16, nope=True),
 }
 
 
@@ -44,10 +50,11 @@ def model_config(family, p, train_len):
     NoPE baseline). train_len does not change the model: Griffin's window stays L/2 at every training length."""
     rope = family != "mqa-nope"
     family = "mqa" if family == "mqa-nope" else family
+    levers = {k: p[k] for k in ("lru_min_rad", "lru_max_rad") if k in p}     # the RG-LRU decay's initial range
     return GriffinConfig(width=p["width"], mlp_expanded_width=p["mlp"], num_heads=p["heads"],
                          lru_width=p["lru_width"], block_types=block_pattern(family, p["depth"]),
                          attention_window_size=max(1, p["L"] // 2), global_attention=family == "mqa",
-                         use_rope=rope)
+                         use_rope=rope, **levers)
 
 
 def attention_kind(cfg):
@@ -88,23 +95,22 @@ def _commit():
         return "unknown"
 
 
-def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command="", eval_data_dir=None):
-    """Train, evaluate and report one study. Returns the results dict written to out_dir/results.json."""
-    from minigriffin.data import load_corpus, load_eval_books
+def domain_names(eval_data_dirs):
+    """A short name for each extra evaluation folder (its base name; made unique): files are <study>-on-<name>."""
+    names = []
+    for d in eval_data_dirs:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(d).expanduser().resolve().name).strip("-") or "books"
+        name, i = base, 2
+        while name in names or name == "valid":
+            name, i = f"{base}{i}", i + 1
+        names.append(name)
+    return names
+
+
+def train_models(runs, p, corpus, data_dir, out_dir, *, seed, device, log):
+    """Train (or reuse, when complete in out_dir/runs) each model of a study: [(run, trainer, summary)]."""
     from minigriffin.train import Trainer
-    p = PRESETS[preset]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(data_dir)
-    eval_split = corpus.valid if eval_data_dir is None else load_eval_books(eval_data_dir)
-    runs = runs_for(study, p)
-    eval_len = (8 if study == "extrapolation" else 16) * p["L"]
-    log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step; "
-        f"evaluation up to {eval_len} tokens on {len(eval_split.doc_starts) - 1} "
-        f"{'validation books' if eval_data_dir is None else 'books of ' + str(eval_data_dir)}")
-    start, done_steps, curves, trained = time.perf_counter(), 0, [], []
-    docs = documents(eval_split, eval_len, p["segments"])            # the same documents for every model
-    table_losses, findings = {}, []
+    start, done_steps, models = time.perf_counter(), 0, []
     # Steps this process has to train (runs already complete in out_dir are reused, not retrained).
     total_steps = sum(p["steps"] - _saved_step(out_dir / "runs" / r[0]) for r in runs)
     for label, family, train_len, batch in runs:
@@ -112,9 +118,9 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
         cfg = model_config(family, p, train_len)
         tcfg = TrainConfig(batch_size=batch, seq_len=train_len, max_steps=p["steps"], lr=p["lr"],
                            min_lr=p["lr"] / 10, warmup_steps=max(1, p["steps"] // 20), eval_every=p["steps"],
-                           checkpoint_every=p["steps"], eval_batches=2, seed=seed)
+                           checkpoint_every=p["steps"], eval_batches=2, seed=seed, carry_windows=p.get("carry", 1))
         if (run_dir / "checkpoints" / "last.npz").exists():
-            trainer = Trainer.resume(run_dir, lambda _: corpus)
+            trainer = Trainer.resume(run_dir, lambda _: corpus, device=device)
             if trainer.model_cfg != cfg or trainer.train_cfg != tcfg:
                 saved, wanted = config_to_dict(trainer.model_cfg) | vars(trainer.train_cfg), \
                     config_to_dict(cfg) | vars(tcfg)
@@ -124,7 +130,7 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                                  f"remove it or choose another --out")
             log(f"[{label}] continuing from step {trainer.step}")
         else:
-            trainer = Trainer(run_dir, cfg, tcfg, data_dir, corpus)
+            trainer = Trainer(run_dir, cfg, tcfg, data_dir, corpus, device=device)
             trainer.start_fresh()
         t0, first_step = time.perf_counter(), trainer.step
 
@@ -138,42 +144,81 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
         done_steps += trainer.step - first_step
         log(f"[{label}] trained in {time.perf_counter() - t0:.0f} s: final loss {summary['last_loss']:.3f}, "
             f"validation {summary['best_val_loss']:.3f}")
+        models.append(((label, family, train_len, batch), trainer, summary))
+    return models
+
+
+def evaluate_domain(study, preset, p, models, split, prefix, eval_len, out_dir, *, what):
+    """Evaluate the trained models on one set of books: CSV and .npz per model, figure, table, verdicts.
+    Files are named <prefix>-<label>.csv, <prefix>.png, <prefix>.md. Returns the report dict."""
+    docs = documents(split, eval_len, p["segments"])            # the same documents for every model
+    runs = [run for run, _, _ in models]
+    curves, table_losses, findings = [], {}, []
+    for (label, family, train_len, _), trainer, _ in models:
         # Evaluated with exactly the model that was trained (global attention stays global, local stays local).
         losses = document_losses(trainer.params, trainer.model_cfg, docs)           # (documents, positions)
-        save_losses(out_dir / f"{study}-{label}.npz", losses, name=label, train_len=train_len)
+        save_losses(out_dir / f"{prefix}-{label}.npz", losses, name=label, train_len=train_len)
         curve = curve_from_losses(losses, eval_len, name=label, train_len=train_len)
-        write_csv(curve, out_dir / f"{study}-{label}.csv")
+        write_csv(curve, out_dir / f"{prefix}-{label}.csv")
         curves.append(curve)
         table_losses[label] = losses
         if study == "extrapolation":
             findings.extend(context_findings(trainer.params, trainer.model_cfg, docs, losses, label, train_len,
                                              eval_len, cut=p.get("cut") or train_len))
-        trained.append({"label": label, "family": family, "train_len": train_len, "batch_size": batch,
-                        "steps": p["steps"], "final_train_loss": summary["last_loss"],
-                        "val_loss": summary["best_val_loss"], "attention": attention_kind(trainer.model_cfg),
-                        "window": None if trainer.model_cfg.global_attention or ATTENTION not in cfg.block_types
-                        else trainer.model_cfg.attention_window_size})
     paired = bucket_differences(table_losses, runs, p["L"], eval_len) if study == "train-length" else None
-    figure = plot_curves(curves, out_dir / f"{study}.png",
-                         title=f"{study}: loss per position on held-out books ({preset} preset)", paired=paired)
+    figure = plot_curves(curves, out_dir / f"{prefix}.png",
+                         title=f"{study}: loss per position on {what} ({preset} preset)", paired=paired)
     positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}
                        | ({16 * p["L"] - 2} if study == "train-length" else set()))
     table = markdown_table(curves, positions)
     if study == "train-length":
         findings = train_length_findings(table_losses, runs, p["L"], eval_len)
     verdicts = findings_markdown(findings)
-    (out_dir / f"{study}.md").write_text(table + "\n\n" + verdicts + "\n")
-    from minigriffin.data import unigram_entropy
+    (out_dir / f"{prefix}.md").write_text(f"Evaluated on {what}.\n\n{table}\n\n{verdicts}\n")
+    return {"books": what, "figure": figure.name, "table": table, "findings": findings, "documents": len(docs),
+            "unigram_entropy": unigram_entropy(split), "verdicts": verdicts}
+
+
+def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command="", eval_data_dirs=(),
+              device="cpu"):
+    """Train, evaluate and report one study. Returns the results dict written to out_dir/<study>.json.
+
+    The models are evaluated on the validation books of data_dir (files <study>.*) and on each folder of
+    eval_data_dirs, a second domain such as `minigriffin download --nonfiction` (files <study>-on-<name>.*)."""
+    from minigriffin.data import load_corpus, load_eval_books
+    p = PRESETS[preset]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(data_dir)
+    extra = [(name, load_eval_books(d), str(d)) for name, d in zip(domain_names(eval_data_dirs), eval_data_dirs)]
+    runs = runs_for(study, p)
+    eval_len = (8 if study == "extrapolation" else 16) * p["L"]
+    log(f"{study}: {len(runs)} models x {p['steps']} steps, {p['batch'] * p['L']:,} tokens per step on the "
+        f"{device}; evaluation up to {eval_len} tokens on the {len(corpus.valid.doc_starts) - 1} validation books"
+        + "".join(f" and the {len(split.doc_starts) - 1} books of {d}" for _, split, d in extra))
+    start = time.perf_counter()
+    models = train_models(runs, p, corpus, data_dir, out_dir, seed=seed, device=device, log=log)
+    report = evaluate_domain(study, preset, p, models, corpus.valid, study, eval_len, out_dir,
+                             what="held-out books")
+    domains = {name: evaluate_domain(study, preset, p, models, split, f"{study}-on-{name}", eval_len, out_dir,
+                                     what=f"the books of {d}") | {"eval_data_dir": d}
+               for name, split, d in extra}
+    trained = [{"label": label, "family": family, "train_len": train_len, "batch_size": batch,
+                "steps": p["steps"], "final_train_loss": summary["last_loss"],
+                "val_loss": summary["best_val_loss"], "attention": attention_kind(trainer.model_cfg),
+                "window": None if trainer.model_cfg.global_attention or ATTENTION not in trainer.model_cfg.block_types
+                else trainer.model_cfg.attention_window_size}
+               for (label, family, train_len, batch), trainer, summary in models]
     results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": _commit(),
-               "command": command,
+               "command": command, "device": device,
                "wall_time_s": round(time.perf_counter() - start, 1), "models": trained,
-               "eval_len": eval_len, "unigram_entropy_valid": unigram_entropy(corpus.valid),
-               "eval_data_dir": None if eval_data_dir is None else str(eval_data_dir),
-               "unigram_entropy_eval": unigram_entropy(eval_split),
+               "eval_len": eval_len, "unigram_entropy_valid": report["unigram_entropy"],
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}, numpy {np.__version__}",
-               "figure": figure.name, "table": table, "findings": findings,
-               "documents": len(docs)}
+               "figure": report["figure"], "table": report["table"], "findings": report["findings"],
+               "documents": report["documents"], "domains": domains}
     (out_dir / f"{study}.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"\n{table}\n\n{verdicts}\n\nfigure: {figure}\nwall time {results['wall_time_s'] / 60:.1f} min")
+    for name, rep in [("held-out books", report)] + [(f"the books of {d['eval_data_dir']}", d) for d in domains.values()]:
+        log(f"\n{name}:\n{rep['table']}\n\n{rep['verdicts']}\n\nfigure: {out_dir / rep['figure']}")
+    log(f"wall time {results['wall_time_s'] / 60:.1f} min")
     return results

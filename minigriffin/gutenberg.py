@@ -74,7 +74,19 @@ BOOKS = (
     Book(3409, "Barchester Towers", "Anthony Trollope", 1857, "valid"),
     Book(5658, "Lord Jim", "Joseph Conrad", 1900, "valid"),
 )
-_BY_ID = {book.gutenberg_id: book for book in BOOKS}
+# A second evaluation domain (as the paper's Appendix G adds arXiv beside PG-19): long non-fiction books (history,
+# science, economics, essays) by authors not in BOOKS, never trained on. `minigriffin download --nonfiction`
+# writes them to <out>/nonfiction/, which `--eval-data-dir` reads (every .txt file of the folder).
+NONFICTION = (
+    Book(731, "The History of the Decline and Fall of the Roman Empire, Volume 1", "Edward Gibbon", 1776,
+         "nonfiction"),
+    Book(1228, "On the Origin of Species (first edition)", "Charles Darwin", 1859, "nonfiction"),
+    Book(3300, "An Inquiry into the Nature and Causes of the Wealth of Nations", "Adam Smith", 1776, "nonfiction"),
+    Book(205, "Walden, and On The Duty Of Civil Disobedience", "Henry David Thoreau", 1854, "nonfiction"),
+    Book(2944, "Essays - First Series", "Ralph Waldo Emerson", 1841, "nonfiction"),
+    Book(34901, "On Liberty", "John Stuart Mill", 1859, "nonfiction"),
+)
+_BY_ID = {book.gutenberg_id: book for book in BOOKS + NONFICTION}
 
 _START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.IGNORECASE | re.MULTILINE)
 _END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.IGNORECASE | re.MULTILINE)
@@ -146,27 +158,30 @@ def _read_manifest(path):
 
 def _write_manifest(path, rows):
     """Write rows (in BOOKS order) atomically, one tab-separated line each."""
-    order = {book.gutenberg_id: i for i, book in enumerate(BOOKS)}
+    order = {book.gutenberg_id: i for i, book in enumerate(BOOKS + NONFICTION)}
     lines = ["\t".join(MANIFEST_COLUMNS)]
     for gid in sorted(rows, key=lambda g: order.get(g, len(order))):
         lines.append("\t".join(str(rows[gid][col]) for col in MANIFEST_COLUMNS))
     atomic_write(path, ["\n".join(lines).encode("utf-8") + b"\n"])
 
 
-def download_books(out_dir=None, *, ids=None, base_url=GUTENBERG_URL, retries=3, timeout=30, sleep=time.sleep):
+def download_books(out_dir=None, *, ids=None, nonfiction=False, base_url=GUTENBERG_URL, retries=3, timeout=30,
+                   sleep=time.sleep):
     """Download BOOKS (or the given Gutenberg ids) into out_dir/train and out_dir/valid; return out_dir.
+    nonfiction=True: the NONFICTION books instead, into out_dir/nonfiction (an evaluation-only domain).
 
     out_dir: default `default_cache_dir() / "books"`. retries: extra attempts per file after a failure (with
     exponential backoff through `sleep`); timeout: seconds per request. A file whose sha256 matches its
     MANIFEST.tsv row is skipped without any network access. RuntimeError if the server cannot be reached.
     """
     out_dir = default_cache_dir() / "books" if out_dir is None else Path(out_dir).expanduser()
-    ids = [book.gutenberg_id for book in BOOKS] if ids is None else list(dict.fromkeys(int(i) for i in ids))
+    default = NONFICTION if nonfiction else BOOKS
+    ids = [book.gutenberg_id for book in default] if ids is None else list(dict.fromkeys(int(i) for i in ids))
     unknown = [i for i in ids if i not in _BY_ID]
     if unknown:
         raise ValueError(f"unknown Gutenberg ids {unknown}; known ids: {sorted(_BY_ID)}")
     base_url = base_url.rstrip("/")
-    manifests = {split: _read_manifest(out_dir / split / "MANIFEST.tsv") for split in ("train", "valid")}
+    manifests = {split: _read_manifest(out_dir / split / "MANIFEST.tsv") for split in ("train", "valid", "nonfiction")}
     for gid in ids:
         book = _BY_ID[gid]
         path, rows = out_dir / book.split / f"{gid}.txt", manifests[book.split]

@@ -18,10 +18,11 @@ import pytest
 
 from minigriffin import gutenberg
 from minigriffin.data import load_corpus
-from minigriffin.gutenberg import BOOKS, URL_PATTERN, download_books, strip_gutenberg
+from minigriffin.gutenberg import BOOKS, NONFICTION, URL_PATTERN, download_books, strip_gutenberg
 
 # Real ids from BOOKS (so the train/valid assignment is known), served with invented text.
-TRAIN_A, TRAIN_B, VALID = 84, 1342, 33
+TRAIN_A, TRAIN_B, VALID, ESSAYS = 84, 1342, 33, 2944
+ESSAYS_BODY = "HISTORY\n\nThere is one mind common to all individual men.\n"    # served, never in BODIES
 BODIES = {
     TRAIN_A: "Chapter 1\n\nA lamp hummed in the workshop.\nNobody came to fix it.\n",
     TRAIN_B: "  PART ONE\n\nThe kettle argued with the stove all morning.\n",
@@ -63,7 +64,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def site(tmp_path):
     """A local Gutenberg: (base_url, server, site folder). server.requests lists the paths asked for."""
     root = tmp_path / "site"
-    for gid, body in BODIES.items():
+    for gid, body in {**BODIES, ESSAYS: ESSAYS_BODY}.items():
         path = root / "cache" / "epub" / str(gid) / f"pg{gid}.txt"
         path.parent.mkdir(parents=True)
         path.write_bytes(_fake_gutenberg(gid, body))
@@ -128,6 +129,21 @@ def test_download_strips_and_lays_out(site, tmp_path):
     corpus = load_corpus(out, cache_dir=tmp_path / "cache")   # what the downloader writes, the loader reads
     assert sorted(corpus.train.names) == ["1342.txt", "84.txt"] and corpus.valid.names == ("33.txt",)
     np.testing.assert_array_equal(np.diff(corpus.valid.doc_starts), [len(BODIES[VALID].encode())])
+
+
+def test_nonfiction_books_are_an_evaluation_domain_of_their_own(site, tmp_path):
+    """download --nonfiction writes into <out>/nonfiction with its own manifest, which load_eval_books reads;
+    none of its authors is in the training or validation books."""
+    from minigriffin.data import load_eval_books
+    assert {b.author for b in NONFICTION}.isdisjoint(b.author for b in BOOKS)
+    assert all(b.split == "nonfiction" for b in NONFICTION) and ESSAYS in {b.gutenberg_id for b in NONFICTION}
+    base_url, server, _ = site
+    out, _ = _download(base_url, tmp_path / "out", ids=[ESSAYS], nonfiction=True)
+    assert sorted(p.name for p in (out / "nonfiction").iterdir()) == ["2944.txt", "MANIFEST.tsv"]
+    assert not (out / "train").exists() and not (out / "valid").exists()
+    assert _manifest(out / "nonfiction")[ESSAYS]["author"] == "Ralph Waldo Emerson"
+    split = load_eval_books(out / "nonfiction", cache_dir=tmp_path / "cache")
+    assert split.names == ("2944.txt",) and int(split.doc_starts[-1]) == len(ESSAYS_BODY.encode())
 
 
 def test_second_call_skips_matching_files(site, tmp_path):

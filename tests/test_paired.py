@@ -139,8 +139,9 @@ def test_eval_length_keeps_losses_and_reports_the_same_token_test(corpus_dir, tm
 
 
 def test_eval_data_dir_evaluates_on_the_folder_named(corpus_dir, tmp_path, capsys):
-    """--eval-data-dir: the models train on --data-dir and are evaluated on every .txt book of another
-    folder (its valid/ books when it has train/ and valid/); a missing folder is one line, exit status 2."""
+    """--eval-data-dir: the study's models train on --data-dir and are evaluated on the validation books and
+    also on every .txt book of each folder named (its valid/ books when it has train/ and valid/), each in
+    its own files; eval-length evaluates on the folder instead; a missing folder is one line, exit status 2."""
     import shutil
     other = tmp_path / "essays"
     other.mkdir()
@@ -150,8 +151,14 @@ def test_eval_data_dir_evaluates_on_the_folder_named(corpus_dir, tmp_path, capsy
     assert main(["experiment", "extrapolation", "--preset", "tiny", "--data-dir", str(corpus_dir), "--out", str(out),
                  "--eval-data-dir", str(other)]) == 0
     results = json.loads((out / "extrapolation.json").read_text())
-    assert results["eval_data_dir"] == str(other) and "--eval-data-dir" in results["command"]
-    assert results["documents"] == 3 * 2                     # 3 books x 2 pieces (tiny preset: segments=2)
+    assert f"--eval-data-dir {other}" in results["command"] and list(results["domains"]) == ["essays"]
+    essays = results["domains"]["essays"]
+    assert essays["eval_data_dir"] == str(other) and essays["documents"] == 3 * 2   # 3 books x 2 pieces (tiny)
+    assert results["documents"] == 2 * 2                     # the corpus's 2 validation books x 2 pieces
+    assert {f["model"] for f in essays["findings"]} == {"hawk-L16", "griffin-L16", "mqa-L16", "mqa-nope-L16"}
+    assert (out / "extrapolation-on-essays.png").is_file() and (out / "extrapolation-on-essays.md").is_file()
+    assert load_losses(out / "extrapolation-on-essays-hawk-L16.npz")[0].shape[0] == 6
+    assert load_losses(out / "extrapolation-hawk-L16.npz")[0].shape[0] == 4
     run = out / "runs" / "griffin-L16"
     assert main(["eval-length", str(run), "--max-len", "64", "--eval-data-dir", str(other), "--out",
                  str(tmp_path / "e")]) == 0
