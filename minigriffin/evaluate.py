@@ -179,6 +179,8 @@ def plot_curves(curves, path, title="Loss per token position (held-out books, on
             below.plot(centre, mean, "o-", ms=3, color=f"C{i % 10}", label=label)
             below.fill_between(centre, low, high, color=f"C{i % 10}", alpha=0.2)
         below.axhline(0, color="black", lw=0.8)
+        if max((np.nanmax(np.abs(np.r_[low, high])) for *_, low, high in paired), default=0) > 0.2:
+            below.set_yscale("symlog", linthresh=0.01)      # a breakdown of 1-2 nats beside effects of 0.01
         below.set_ylabel("paired difference\n(nats per byte)")
         below.grid(alpha=0.3, which="both")
         below.legend(fontsize=8)

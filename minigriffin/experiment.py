@@ -28,7 +28,8 @@ from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_patt
 from minigriffin.data import unigram_entropy
 from minigriffin.evaluate import (curve_from_losses, document_losses, documents, markdown_table, plot_curves,
                                   write_csv)
-from minigriffin.findings import bucket_differences, context_findings, findings_markdown, train_length_findings
+from minigriffin.findings import (bucket_differences, context_findings, context_panel, findings_markdown,
+                                  train_length_findings)
 from minigriffin.paired import save_losses
 
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
@@ -165,7 +166,8 @@ def evaluate_domain(study, preset, p, models, split, prefix, eval_len, out_dir, 
         if study == "extrapolation":
             findings.extend(context_findings(trainer.params, trainer.model_cfg, docs, losses, label, train_len,
                                              eval_len, cut=p.get("cut") or train_len))
-    paired = bucket_differences(table_losses, runs, p["L"], eval_len) if study == "train-length" else None
+    paired = (bucket_differences(table_losses, runs, p["L"], eval_len) if study == "train-length"
+              else context_panel(findings))               # the paired differences beneath the curves
     figure = plot_curves(curves, out_dir / f"{prefix}.png",
                          title=f"{study}: loss per position on {what} ({preset} preset)", paired=paired)
     positions = sorted({p["L"] // 2, p["L"] - 1, 2 * p["L"], 4 * p["L"], 8 * p["L"] - 2}

@@ -103,6 +103,21 @@ def bucket_differences(losses, runs, L, max_len):
     return panels
 
 
+def context_panel(records):
+    """Finding 1's records (context_findings) as panels for the figure: per model, (label, lo, hi, mean, low,
+    high) arrays over its target windows, cut - full with the 95% interval."""
+    by_model = {}
+    for r in records:
+        by_model.setdefault(r["model"], []).append(r)
+    panels = []
+    for model, rows in by_model.items():
+        rows = sorted(rows, key=lambda r: r["positions"][0])
+        lo, hi, mean, low, high = (np.array(col) for col in zip(*((r["positions"][0], r["positions"][1], r["mean"],
+                                                                   r["low"], r["high"]) for r in rows)))
+        panels.append((f"{model}: cut to {rows[0]['cut']} minus full", lo, hi, mean, low, high))
+    return panels
+
+
 def _bucket_difference(first, second, lo, hi):
     """paired_difference, or NaNs where no document covers the whole bucket."""
     try:

@@ -118,6 +118,16 @@ def test_studies_print_and_record_verdicts(corpus_dir, tmp_path, study, capsys):
         for _, lo, hi, mean, low, high in panels:
             ok = ~np.isnan(mean)
             assert ok.any() and np.all(low[ok] <= mean[ok]) and np.all(mean[ok] <= high[ok])
+    else:                                        # finding 1's panel: each model's windows, in position order
+        from minigriffin.findings import context_panel
+        panels = context_panel(findings)
+        assert [p[0] for p in panels] == [f"{m}-L16: cut to 16 minus full" for m in ("hawk", "griffin", "mqa",
+                                                                                       "mqa-nope")]
+        for label, lo, hi, mean, low, high in panels:
+            mine = sorted((f for f in findings if label.startswith(f["model"] + ":")), key=lambda f: f["positions"])
+            np.testing.assert_array_equal(lo, [f["positions"][0] for f in mine])
+            np.testing.assert_array_equal(mean, [f["mean"] for f in mine])
+            assert np.all(hi > lo) and np.all(low <= high)
     for model in results["models"]:
         losses, name, train_len = load_losses(out / f"{study}-{model['label']}.npz")
         assert name == model["label"] and losses.shape == (results["documents"], results["eval_len"] - 1)
