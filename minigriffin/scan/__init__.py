@@ -6,6 +6,8 @@
 Shapes: x, a, h, dh: (B, T, D); h0, h_last, dh_last: (B, D). The argument order and the return value
 follow recurrentgemma's `linear_scan`. This is the core of the RG-LRU (Griffin paper, eq. 4:
 h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t), where everything but the recurrence is elementwise).
+Real (float32, float64) and complex (complex64, complex128) scans take the same calls on every backend; the
+complex one is the CG-LRU's (Griffin Appendix B, minigriffin/cglru.py).
 
 Backends are modules exporting one primitive, `scan(x, a, h0, reverse, out)`, loaded lazily by name from a
 registry (registry.py: `backend_names()`, `unavailable_reason(name)`, `available_backends()`): the plain NumPy
@@ -40,12 +42,14 @@ from minigriffin.scan.registry import (  # noqa: F401  (re-exported: the public 
 from minigriffin.xp import array_namespace, check_same_device, is_device_array
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 
 
 def linear_scan(x, a, h0=None, *, reverse=False, backend="auto", out=None):
     """h_t = a_t * h_{t-1} + x_t along axis 1 (Griffin eq. 4's recurrence; recurrentgemma `linear_scan`).
 
-    x, a: (B, T, D) float32 or float64, C-contiguous, same dtype. h0: (B, D) or None (zeros).
+    x, a: (B, T, D) float32 or float64, C-contiguous, same dtype; or both complex64 or complex128 (a complex
+    scan: the CG-LRU's, Griffin Appendix B). h0: (B, D) of that dtype, or None (zeros).
     reverse=True runs from t = T-1 down to 0: h_t = a_t * h_{t+1} + x_t, with h0 standing for h_T.
     backend: "auto" (numba on CPU, cupy for CuPy arrays), or a name from available_backends().
     out: optional (B, T, D) C-contiguous buffer for h (reusing one avoids paging in fresh memory each call);
@@ -78,11 +82,21 @@ def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="
         da_t = g_t * h_{t-1}                                             (h_{-1} = h0, or 0 without one)
         dh0  = a_0 * g_0
     reverse=True swaps "next" and "previous" (the forward ran from t = T-1 down to 0).
+    Complex scans: with a real loss and gradients written dL/dz = dL/dRe z + i dL/dIm z, every multiplier
+    above is conjugated (g_t = dh_t + conj(a_{t+1}) g_{t+1}, da_t = g_t conj(h_{t-1}), dh0 = conj(a_0) g_0).
+    That is the real adjoint run on conj(dh), conj(dh_last), then conjugated (docs/backprop.md, "The complex
+    scan's adjoint"), which is how it is computed: one extra copy (conj(dh)), the same primitive.
     The scan runs through the forward's backend primitive, so every backend gets this backward for free.
     """
     impl = _load(_resolve(backend, dh))
     _check_backward_inputs(dh, dh_last, a, h, h0)
     g, da = _backward_outputs(out, dh, a, h)                 # (B, T, D) each
+    xp = array_namespace(dh)
+    named = (("dh", dh), ("dh_last", dh_last), ("a", a))     # the caller's arrays, for error messages
+    conjugate = dh.dtype in _COMPLEX_DTYPES                  # complex: the real adjoint of the conjugates
+    if conjugate:
+        dh = xp.conj(dh)                                     # (B, T, D) conj(dh)
+        dh_last = None if dh_last is None else xp.conj(dh_last)
     T = dh.shape[1]
     first, last = (T - 1, 0) if reverse else (0, T - 1)     # the forward's first and last step
     at_t, at_next = _step_pairs(reverse)                     # at_t(v)[:, i] = v_t, at_next(v)[:, i] = v_{t+1}
@@ -91,10 +105,14 @@ def linear_scan_backward(dh, dh_last, a, h, h0=None, *, reverse=False, backend="
     _scan_then_multiply(impl, x=at_t(dh), a=at_next(a), h0=g[:, last], reverse=not reverse,
                         out=at_t(g),                         # g_t = dh_t + a_{t+1} g_{t+1}, t = T-2 .. 0
                         p=at_next(g), q=at_t(h), prod=at_next(da))           # da_{t+1} = g_{t+1} * h_t
-    _raise_if_not_finite(g[:, first], (("dh", dh), ("dh_last", dh_last), ("a", a)))
+    _raise_if_not_finite(g[:, first], named)
     da[:, first] = 0 if h0 is None else g[:, first] * h0                     # da_0 = g_0 * h0
     dh0 = None if h0 is None else a[:, first] * g[:, first]                  # dh0 = a_0 * g_0
     dx = g                                                                   # dx_t = g_t
+    if conjugate:                                                            # undo the conjugation, in place
+        xp.conjugate(dx, out=dx)
+        xp.conjugate(da, out=da)
+        dh0 = None if dh0 is None else xp.conjugate(dh0, out=dh0)
     return dx, da, dh0
 
 
@@ -160,14 +178,19 @@ def _check_inputs(x, a, h0, names=("x", "a", "h0")):
             raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
         if arr.ndim != 3:
             raise ValueError(f"{name} must have shape (B, T, D), got ndim={arr.ndim} shape={tuple(arr.shape)}")
-        if arr.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32 or float64, got {arr.dtype}")
+        if arr.dtype not in _FLOAT_DTYPES + _COMPLEX_DTYPES:
+            raise TypeError(f"{name} must be float32 or float64 (complex64 or complex128 for a complex scan), "
+                            f"got {arr.dtype}")
         if not arr.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray); shape={tuple(arr.shape)} "
                              f"strides={arr.strides}")
     if x.shape != a.shape:
         raise ValueError(f"{nx} and {na} must have the same shape (B, T, D), got {nx}{tuple(x.shape)} "
                          f"and {na}{tuple(a.shape)}")
+    if (x.dtype in _COMPLEX_DTYPES) != (a.dtype in _COMPLEX_DTYPES):
+        raise TypeError(f"{nx} and {na} mix real and complex ({x.dtype} and {a.dtype}): both must be float32 or "
+                        f"float64 (a real scan) or both complex64 or complex128 (a complex scan); convert one "
+                        f"explicitly (no silent upcast)")
     if x.dtype != a.dtype:
         raise TypeError(f"{nx} and {na} must have the same dtype (no silent upcast), got {x.dtype} and {a.dtype}")
     B, T, D = x.shape

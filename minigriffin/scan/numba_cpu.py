@@ -15,7 +15,9 @@ skips the rest (the measurements behind each threshold: docs/benchmarks.md and d
    bandwidth of one, which pays for the chunked scan's extra reads. Its head (the stretch scanned while
    the other parts reduce theirs) is sized by HEAD_WEIGHT so that phase 1 ends for every part at once.
 
-Cases 1 and 2 match `reference` bit for bit, case 3 to rounding (docs/scan.md section 5).
+Cases 1 and 2 match `reference` bit for bit, case 3 to rounding (docs/scan.md section 5). Complex arrays run
+through the same kernels; there even cases 1 and 2 match only to rounding, because NumPy's complex product
+rounds differently from the textbook one Numba forms (docs/backprop.md section 10).
 `scan_times_state` is the backend interface's optional fused hook: the scan also forms the backward's
 da = g * h_prev as it streams past, so forward + backward moves 8 arrays' worth of memory instead of 9.
 """

@@ -12,7 +12,7 @@ import numpy as np
 def scan(x, a, h0, reverse, out):
     """Write the scan of x with multipliers a, starting from h0, into out.
 
-    x, a, out: (B, T, D) arrays of one float dtype (views with unit stride on D are fine);
+    x, a, out: (B, T, D) arrays of one dtype, real or complex (views with unit stride on D are fine);
     h0: (B, D). Returns out.
     """
     T = x.shape[1]

@@ -7,7 +7,8 @@
 
 The primitive's contract (what reference.scan does): write h_t = a_t * h_{t-1} + x_t (reverse=False,
 t = 0 .. T-1, h_{-1} = h0) or h_t = a_t * h_{t+1} + x_t (reverse=True, t = T-1 .. 0, h_T = h0) into `out`.
-x, a, out: (B, T, D) arrays of one float dtype (float32 or float64), T >= 1, C-contiguous or time slices of
+x, a, out: (B, T, D) arrays of one dtype (float32 or float64; complex64 or complex128 for complex scans, which
+every built-in backend runs), T >= 1, C-contiguous or time slices of
 C-contiguous arrays (linear_scan_backward passes x = dh[:, :-1], a = a[:, 1:] and friends: each batch row is
 contiguous, the batch stride may be larger than T*D); h0: (B, D), never None (zeros are passed), possibly such a
 slice (g[:, T-1]); reverse: a bool. `out` never overlaps x or a. The return

@@ -18,7 +18,7 @@ from pathlib import Path
 KERNEL_DIR = Path(__file__).resolve().parent
 SCAN_SOURCE = KERNEL_DIR / "scan.cu"
 HOST_SHIM = KERNEL_DIR / "host_shim.h"
-KERNEL_NAMES = tuple(f"scan_{kind}_{suffix}" for suffix in ("f32", "f64")
+KERNEL_NAMES = tuple(f"scan_{kind}_{suffix}" for suffix in ("f32", "f64", "c64", "c128")
                      for kind in ("channels", "chunk_local", "chunk_carry", "chunk_fixup"))
 
 

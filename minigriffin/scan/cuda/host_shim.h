@@ -15,7 +15,8 @@
 //
 // Arguments arrive as cuLaunchKernel passes them: an array of pointers to the argument values. Unlike
 // CuPy, which checks nothing, host_<kernel> also takes a string of type codes, one per argument
-// ('f'/'d': pointer to float/double, 'i': int, 'q': long long), and refuses a launch whose codes differ
+// ('f'/'d': pointer to float/double, 'F'/'D': pointer to scan.cu's complex of float/double, 'i': int,
+// 'q': long long), and refuses a launch whose codes differ
 // from the kernel's signature (returning -1), so a wrong argument count or a Python int where an
 // np.int32 was meant fails the CPU tests instead of corrupting memory on a GPU.
 #pragma once
@@ -38,6 +39,8 @@ struct HostShimDim3 {
 };
 static HostShimDim3 gridDim = {1, 1, 1}, blockDim = {1, 1, 1}, blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
 
+template <typename R> struct scan_complex;   // scan.cu's complex type, defined there
+
 namespace host_shim {
 
 // Type code of each kernel parameter type (const or not: CuPy passes both as a device pointer).
@@ -48,6 +51,10 @@ template <> struct Code<float*> { static constexpr char value = 'f'; };
 template <> struct Code<const float*> { static constexpr char value = 'f'; };
 template <> struct Code<double*> { static constexpr char value = 'd'; };
 template <> struct Code<const double*> { static constexpr char value = 'd'; };
+template <> struct Code<scan_complex<float>*> { static constexpr char value = 'F'; };
+template <> struct Code<const scan_complex<float>*> { static constexpr char value = 'F'; };
+template <> struct Code<scan_complex<double>*> { static constexpr char value = 'D'; };
+template <> struct Code<const scan_complex<double>*> { static constexpr char value = 'D'; };
 
 template <typename... A>
 const char* signature(void (*)(A...)) {

@@ -22,7 +22,8 @@ from minigriffin.xp import array_namespace
 BLOCK = 256       # threads per block (one-dimensional grids); run_scan takes another for tests
 # Strategy threshold, a first guess not tuned on a GPU (docs/gpu.md):
 MIN_CHUNK = 64    # the chunked strategy never makes chunks shorter than this many steps
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64",
+           np.dtype(np.complex64): "c64", np.dtype(np.complex128): "c128"}   # scan.cu's scan_complex<R>
 _INT32_MAX = 2**31 - 1
 
 
@@ -109,7 +110,7 @@ def _grid(n_threads, block):
 def run_scan(x, a, h0, reverse, out, launch, capacity, strategy="auto", chunk_len=None, block=BLOCK):
     """Write the scan of x with multipliers a, starting from h0, into out, through `launch`.
 
-    x, a, out: (B, T, D) of one float dtype, views with any strides allowed (those the kernels cannot
+    x, a, out: (B, T, D) of one dtype (real or complex), views with any strides allowed (those the kernels cannot
     address are copied; an out they cannot write in place gets a scratch buffer copied back at the end);
     h0: (B, D). launch(name, grid, block, args) runs kernel `name` of scan.cu on a one-dimensional grid;
     args holds arrays of x's kind and exact np.int32 / np.int64 scalars, in the kernel's parameter order.
@@ -120,7 +121,7 @@ def run_scan(x, a, h0, reverse, out, launch, capacity, strategy="auto", chunk_le
     xp = array_namespace(x, a, h0, out)
     suffix = _SUFFIX.get(np.dtype(x.dtype))
     if suffix is None:
-        raise TypeError(f"the GPU scan supports float32 and float64, got {x.dtype}")
+        raise TypeError(f"the GPU scan supports float32, float64, complex64 and complex128, got {x.dtype}")
     B, T, D = x.shape
     for name, arr, shape in (("a", a, (B, T, D)), ("out", out, (B, T, D)), ("h0", h0, (B, D))):
         if arr.dtype != x.dtype or tuple(arr.shape) != shape:

@@ -30,6 +30,27 @@
 // --fmad=false so the compiler does not fuse it into an FMA (see docs/gpu.md).
 // No #include: NVRTC has no standard headers, and the host shim compiles this file as plain C++.
 
+// Complex scans (complex64 / complex128, the CG-LRU's) run the same templates with F = scan_complex<R>: NumPy's
+// layout (real part, then imaginary part), and the textbook product (ac - bd) + (ad + bc)i. No cuComplex:
+// that needs a header, and the host shim must compile this file as plain C++.
+template <typename R>
+struct scan_complex {
+    R re, im;
+    __device__ __forceinline__ scan_complex(R r = R(0), R i = R(0)) : re(r), im(i) {}
+};
+
+template <typename R>
+__device__ __forceinline__ scan_complex<R> operator*(scan_complex<R> p, scan_complex<R> q)
+{
+    return scan_complex<R>(p.re * q.re - p.im * q.im, p.re * q.im + p.im * q.re);
+}
+
+template <typename R>
+__device__ __forceinline__ scan_complex<R> operator+(scan_complex<R> p, scan_complex<R> q)
+{
+    return scan_complex<R>(p.re + q.re, p.im + q.im);
+}
+
 template <typename F>
 __device__ __forceinline__ void scan_channels(
     const F* __restrict__ x, const F* __restrict__ a, const F* __restrict__ h0, F* __restrict__ out,
@@ -133,7 +154,8 @@ __device__ __forceinline__ void scan_chunk_fixup(
     }
 }
 
-// extern "C" entry points (unmangled names for RawModule.get_function), stamped for float and double.
+// extern "C" entry points (unmangled names for RawModule.get_function), stamped for float, double and
+// their complex pairs.
 // Argument types are exact: pointers of the array dtype, int (np.int32) sizes, long long (np.int64)
 // strides in elements. CuPy does not check them (docs/gpu.md); the host shim does.
 #define SCAN_ENTRY_POINTS(F, SUFFIX)                                                                    \
@@ -170,3 +192,5 @@ extern "C" __global__ void scan_chunk_fixup_##SUFFIX(                           
 
 SCAN_ENTRY_POINTS(float, f32)
 SCAN_ENTRY_POINTS(double, f64)
+SCAN_ENTRY_POINTS(scan_complex<float>, c64)
+SCAN_ENTRY_POINTS(scan_complex<double>, c128)
