@@ -25,8 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minigriffin.params import init_a_param
-from minigriffin.rglru import C, MAX_SQRT_GRADIENT, BlockDiagonalCache, sigmoid, softplus
+from minigriffin.rglru import C, MAX_SQRT_GRADIENT, BlockDiagonalCache, init_a_param, sigmoid, softplus
 from minigriffin.scan import linear_scan, linear_scan_backward
 from minigriffin.xp import array_namespace
 

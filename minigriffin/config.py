@@ -47,6 +47,8 @@ class GriffinConfig:
     conv1d_temporal_width: int = 4
     use_rope: bool = True                        # RoPE on queries and keys; False: no positional encoding (NoPE)
     num_gate_blocks: typing.Optional[int] = None  # RG-LRU gate blocks; None = num_heads (recurrentgemma), paper: 16
+    lru_only_real: bool = True                   # False: the complex-gated CG-LRU (Griffin Appendix B,
+                                                 # minigriffin/cglru.py; recurrentgemma JAX's lru_only_real)
     lru_min_rad: float = 0.9                     # RG-LRU decay a = sigmoid(-a_param) is initialised with a^2
     lru_max_rad: float = 0.999                   # uniform in [min_rad^2, max_rad^2] (recurrentgemma's defaults)
     scan_backend: str = "auto"                   # see minigriffin.scan.available_backends()
@@ -74,6 +76,9 @@ class GriffinConfig:
             raise ValueError(f"scan_backend must be one of {['auto', *backend_names()]}, got {self.scan_backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not self.lru_only_real and (self.lru_width % 2 or (self.lru_width // 2) % self.gate_blocks):
+            raise ValueError(f"the CG-LRU (lru_only_real=false) needs an even lru_width whose half is divisible "
+                             f"by the gate blocks ({self.gate_blocks}), got lru_width={self.lru_width}")
         if not 0 < self.lru_min_rad <= self.lru_max_rad < 1:
             raise ValueError(f"need 0 < lru_min_rad <= lru_max_rad < 1 (the RG-LRU decay's initial range), got "
                              f"{self.lru_min_rad} and {self.lru_max_rad}")

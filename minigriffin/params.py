@@ -10,18 +10,13 @@ import math
 
 import numpy as np
 
+from minigriffin.cglru import cglru_init
 from minigriffin.config import ATTENTION, RECURRENT
+from minigriffin.rglru import init_a_param  # noqa: F401  (defined with the RG-LRU; re-exported here)
 
 
 def _normal(rng, shape, std, dtype):
     return (rng.standard_normal(shape) * std).astype(dtype)
-
-
-def init_a_param(rng, width, dtype, min_rad=0.9, max_rad=0.999, eps=1e-8):
-    """RG-LRU a_param "uniformly on a ring": a = sigmoid(-a_param) in [min_rad, max_rad] with a^2 uniform."""
-    a_square = rng.uniform(min_rad**2 + eps, max_rad**2 + eps, size=width)   # (E,)
-    a = np.sqrt(a_square)
-    return np.log(1.0 / a - 1.0).astype(dtype)                              # inverse of a = sigmoid(-p)
 
 
 def init_params(cfg, rng):
@@ -53,7 +48,7 @@ def init_params(cfg, rng):
                     "a_param": init_a_param(rng, E, dt, cfg.lru_min_rad, cfg.lru_max_rad),
                     "input_gate": {"w": _normal(rng, (G, blk, blk), math.sqrt(1.0 / blk), dt), "b": zeros(G, blk)},
                     "a_gate": {"w": _normal(rng, (G, blk, blk), math.sqrt(1.0 / blk), dt), "b": zeros(G, blk)},
-                },
+                } if cfg.lru_only_real else cglru_init(rng, E, G, dt, min_rad=cfg.lru_min_rad, max_rad=cfg.lru_max_rad),
             }
         elif kind == ATTENTION:
             block["attention_block"] = {
@@ -79,8 +74,9 @@ def count_params(cfg):
     recurrent = (2 * (E * D + E)                 # linear_x, linear_y
                  + D * E + D                     # linear_out
                  + K * E + E                     # conv_1d
-                 + E                             # a_param
-                 + 2 * (E * E // G + E))         # input_gate, a_gate: G blocks of (E/G)^2 plus biases
+                 + E                             # a_param (CG-LRU: a_param and a_imag_param, E/2 each)
+                 + 2 * (E * E // G + E if cfg.lru_only_real   # input_gate, a_gate: G blocks of (E/G)^2 plus biases
+                        else E * E // (2 * G) + E // 2))     # CG-LRU: G blocks of (E/G) x (E/2G), biases E/2
     attention = D * D + 2 * Dh * D + D * D + D   # proj_q, proj_k, proj_v (one KV head), proj_final
     per_block = 2 * D + (2 * D * F + 2 * F) + (F * D + D)   # two norms, ffw_up, ffw_down
     total = V * D + D                            # tied embedding, final norm

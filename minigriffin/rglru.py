@@ -16,6 +16,8 @@ Notebook: notebooks/02_rglru.ipynb
 
 from typing import NamedTuple
 
+import numpy as np
+
 from minigriffin.accelerate import accelerated
 from minigriffin.scan import linear_scan, linear_scan_backward
 from minigriffin.xp import array_namespace
@@ -80,6 +82,13 @@ class RGLRUCache(NamedTuple):
     softplus_a_param: object  # (E,)
     a_param: object           # (E,)
     backend: str
+
+
+def init_a_param(rng, width, dtype, min_rad=0.9, max_rad=0.999, eps=1e-8):
+    """RG-LRU a_param "uniformly on a ring": a = sigmoid(-a_param) in [min_rad, max_rad] with a^2 uniform."""
+    a_square = rng.uniform(min_rad**2 + eps, max_rad**2 + eps, size=width)   # (E,)
+    a = np.sqrt(a_square)
+    return np.log(1.0 / a - 1.0).astype(dtype)                              # inverse of a = sigmoid(-p)
 
 
 def rglru_forward(x, p, segment_pos, *, h0=None, backend="auto"):

@@ -96,11 +96,13 @@ def test_attention_backward_with_a_state():
                        {"x": dx, "p": grads}, dout, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("preset", ["hawk-tiny", "griffin-tiny", "mqa-tiny"])
-def test_model_backward_from_a_carried_state(preset):
+@pytest.mark.parametrize("preset, extra", [("hawk-tiny", {}), ("griffin-tiny", {}), ("mqa-tiny", {}),
+                                           ("griffin-tiny", {"lru_only_real": False})],
+                         ids=["hawk", "griffin", "mqa", "griffin-cglru"])
+def test_model_backward_from_a_carried_state(preset, extra):
     """The second chunk's loss gradient, with the first chunk's state held constant, is the gradient of the
     function 'second chunk from that state' (central differences over every parameter)."""
-    cfg, params, rng = tiny_model({"preset": preset})
+    cfg, params, rng = tiny_model({"preset": preset, **extra})
     tokens = rng.integers(0, cfg.vocab_size, (2, 9))
     sp = _positions(9, (6,))
     _, cache = model_forward(params, tokens[:, :5], sp[:, :5], cfg, init_state(cfg, 2))

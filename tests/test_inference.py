@@ -30,6 +30,7 @@ CASES = {   # tiny presets have W = 4 < every chunk of 5 or 7 and > chunks of 1,
     "mqa-local-W4": dict(preset="mqa-tiny", global_attention=False),
     "mqa-global": dict(preset="mqa-tiny"),                                  # global_attention (the preset)
     "mqa-nope": dict(preset="mqa-tiny", use_rope=False),                     # no positional encoding
+    "griffin-cglru": dict(preset="griffin-tiny", lru_only_real=False),       # complex-gated recurrence
 }
 CHUNK_SIZES = [1, 2, 3, 5, 7]
 
@@ -67,7 +68,7 @@ def test_uneven_chunks_equal_full_forward(name):
     assert_close_to_scale(chunked, full, 1e-12)                          # float64, rtol 1e-12 (+ 1e-12 * max|full|)
 
 
-@pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global"])
+@pytest.mark.parametrize("name", ["hawk", "griffin-W4", "mqa-global", "griffin-cglru"])
 def test_token_by_token_equals_full_forward_long(name):
     """Chunk size 1 over 70 tokens: well past the window, several documents, the decode path of sampling."""
     cfg, params = _model(CASES[name], seed=3)

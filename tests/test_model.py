@@ -87,6 +87,11 @@ def test_parameter_counts_match_recurrentgemma_and_the_formula():
     for name in ("hawk-small", "griffin-small", "mqa-small", "griffin-tiny"):
         cfg = PRESETS[name]
         assert count_params(cfg) == num_params(init_params(cfg, np.random.default_rng(0)))
+    for name in ("hawk-small", "griffin-tiny"):                      # the complex-gated unit (CG-LRU)
+        cfg = make_config(name, lru_only_real=False)
+        assert count_params(cfg) == num_params(init_params(cfg, np.random.default_rng(0))) < count_params(PRESETS[name])
+    with pytest.raises(ValueError, match="CG-LRU"):
+        make_config("hawk-tiny", lru_only_real=False, lru_width=18)   # half of 18 is not divisible by 2 blocks
     assert 3e6 < count_params(PRESETS["griffin-small"]) < 8e6          # "a few million"
 
 
@@ -148,7 +153,9 @@ def test_bad_state_dict_names_are_reported():
 
 # ------------------------------------------------------------------------------------------ the model
 @pytest.mark.parametrize("preset, extra", [("hawk-tiny", {}), ("griffin-tiny", {}), ("mqa-tiny", {}),
-                                           ("mqa-tiny", {"use_rope": False})], ids=["hawk", "griffin", "mqa", "mqa-nope"])
+                                           ("mqa-tiny", {"use_rope": False}), ("hawk-tiny", {"lru_only_real": False}),
+                                           ("griffin-tiny", {"lru_only_real": False})],
+                         ids=["hawk", "griffin", "mqa", "mqa-nope", "hawk-cglru", "griffin-cglru"])
 def test_model_gradient_matches_finite_differences(preset, extra):
     """End to end through the loss, sampled elements of every parameter (float64, fourth-order stencil,
     step 1e-3: |num - ana| <= 1e-9 + 1e-6 |num|). The weights are tiny_model's (tests/strategies.py): every

@@ -9,7 +9,7 @@ with minigriffin.accelerate.register, all of them in this file:
     layers.gated_gelu_forward/backward fast/fused.py (Numba)           NumPy float arrays
     rglru.rglru_gates_backward         fast/fused.py (Numba)           NumPy float arrays
     train.loss_and_grads               fast/parallel.py (threads)      NumPy batch, B > 1, workers > 1
-    inference.forward_chunk            fast/decode.py (Numba)          NumPy arrays, one token per row
+    inference.forward_chunk            fast/decode.py (Numba)          NumPy arrays, one token per row, real RG-LRU
 
 The scan's backends (minigriffin/scan/) are the other kind of fast code: each is a whole implementation of the
 one scan primitive behind the scan's own registry. MINIGRIFFIN_REFERENCE=1 turns every accelerator here off,
@@ -48,7 +48,7 @@ register(train.loss_and_grads, applies=_parallel_applies)(parallel.loss_and_grad
 
 def _decode_applies(params, tokens, segment_pos, cfg, state):
     """One token per row, and params, tokens and positions all NumPy arrays (CuPy runs the reference)."""
-    return (getattr(tokens, "ndim", 0) == 2 and tokens.shape[1] == 1
+    return (getattr(tokens, "ndim", 0) == 2 and tokens.shape[1] == 1 and cfg.lru_only_real   # (real RG-LRU kernels)
             and type(params["embedder"]["input_embedding"]) is np.ndarray
             and type(tokens) is np.ndarray and type(segment_pos) is np.ndarray)
 
