@@ -1,4 +1,5 @@
-"""The `minigriffin` command line: train, sample, plot, eval-length, experiment, download, doctor, demo, check-scan.
+"""The `minigriffin` command line: train, sample, plot, eval-length, experiment, download, doctor, demo, check-scan,
+bpe.
 
 The arguments are defined in cli_parser.py; each subcommand runs in its own function here (`doctor` in
 doctor.py, `demo` in demo.py, `check-scan` in check_scan.py); heavy imports happen inside them so
@@ -44,23 +45,28 @@ def _parse_overrides(extra):
 
 def _train(args, extra):
     from minigriffin.config import TrainConfig, make_config, split_overrides
-    from minigriffin.data import load_corpus
+    from minigriffin.data import load_corpus, load_tokenizer, run_tokenizer
     from minigriffin.gutenberg import resolve_data_dir
     from minigriffin.train import Trainer, run_and_report
     try:
         model_over, train_over = split_overrides(_parse_overrides(extra))
         if args.resume:
-            if model_over or set(train_over) - {"max_steps"}:
-                raise SystemExit("--resume continues a run with its saved settings; only "
+            if model_over or set(train_over) - {"max_steps"} or args.tokenizer:
+                raise SystemExit("--resume continues a run with its saved settings (and tokenizer); only "
                                  "--max_steps may be changed")
-            trainer = Trainer.resume(args.resume, load_corpus, max_steps=train_over.get("max_steps"),
-                                     device=args.device)
+            tokenizer = run_tokenizer(args.resume)
+            trainer = Trainer.resume(args.resume, lambda d: load_corpus(d, tokenizer=tokenizer),
+                                     max_steps=train_over.get("max_steps"), device=args.device)
         else:
+            tokenizer = load_tokenizer(args.tokenizer)
+            if args.tokenizer:                   # the embedding table has one row per token of the tokenizer
+                model_over.setdefault("vocab_size", tokenizer.vocab_size)
             model_cfg = make_config(args.preset, **model_over)
             train_cfg = TrainConfig(**train_over)
             data_dir = resolve_data_dir(args.data_dir)
             run_dir = args.run_dir or os.path.join("runs", f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir), device=args.device)
+            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir, tokenizer=tokenizer),
+                              device=args.device, tokenizer=tokenizer)
             trainer.start_fresh()
     except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
         raise SystemExit(exc.args[0] if exc.args else str(exc)) from None
@@ -78,10 +84,10 @@ def _sample(args):
     import numpy as np
 
     from minigriffin.checkpoint import load_run
-    from minigriffin.data import ByteTokenizer
+    from minigriffin.data import run_tokenizer
     from minigriffin.sample import generate
     params, cfg, _ = load_run(args.run_dir, args.checkpoint)
-    tokenizer = ByteTokenizer()
+    tokenizer = run_tokenizer(args.run_dir)
     try:
         prompt = tokenizer.encode(args.prompt)
     except UnicodeEncodeError as exc:                # bytes the shell passed that are not UTF-8
@@ -100,16 +106,25 @@ def _sample(args):
 
 def _eval_length(args):
     from minigriffin.checkpoint import load_run
-    from minigriffin.data import load_corpus, load_eval_books
+    from minigriffin.data import load_corpus, load_eval_books, run_tokenizer
     from minigriffin.evaluate import bucket_summary, curve_from_losses, document_losses, documents, plot_curves, write_csv
     from minigriffin.experiment import attention_kind
     from minigriffin.findings import context_findings, context_use, context_use_markdown, findings_markdown
     from minigriffin.gutenberg import resolve_data_dir
     from minigriffin.paired import save_losses
-    split = (load_corpus(resolve_data_dir(args.data_dir)).valid if args.eval_data_dir is None
-             else load_eval_books(args.eval_data_dir))
+    tokenizers = {run_tokenizer(run_dir).name: run_tokenizer(run_dir) for run_dir in args.run_dirs}
+    if len(tokenizers) > 1:                  # the same documents for every run need the same tokens
+        raise SystemExit(f"these runs were trained with different tokenizers ({', '.join(tokenizers)}); "
+                         f"evaluate each group separately")
+    tokenizer = next(iter(tokenizers.values()))
+    split = (load_corpus(resolve_data_dir(args.data_dir), tokenizer=tokenizer).valid if args.eval_data_dir is None
+             else load_eval_books(args.eval_data_dir, tokenizer=tokenizer))
     if args.max_len < 2 or args.chunk_size < 1 or args.segments_per_book < 1:
         raise ValueError("--max-len must be >= 2, --chunk-size and --segments-per-book >= 1")
+    if hasattr(tokenizer, "token_bytes"):    # BPE: every loss below is per token, not per byte
+        per_token = tokenizer.token_bytes(split.tokens) / max(1, len(split.tokens))
+        print(f"tokenizer {tokenizer.name}: losses and positions below are in tokens ({per_token:.2f} bytes per "
+              f"token on these books; divide a loss by {per_token:.2f} for nats per byte)")
     docs = documents(split, args.max_len, args.segments_per_book)     # the same documents for every run
     findings = []
     out = args.out or args.run_dirs[0]
@@ -161,6 +176,15 @@ def _check_scan(args):
                           seed=args.seed, bench=not args.no_bench)
 
 
+def _bpe(args):
+    from minigriffin.bpe import train_bpe_on_folder
+    from minigriffin.gutenberg import resolve_data_dir
+    tokenizer = train_bpe_on_folder(resolve_data_dir(args.data_dir), args.vocab_size, max_bytes=args.max_bytes)
+    tokenizer.save(args.out)
+    print(f"{tokenizer.name}: {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}")
+    return 0
+
+
 def _download(args):
     from minigriffin.gutenberg import download_books
     out = download_books(args.out, nonfiction=args.nonfiction)
@@ -170,7 +194,7 @@ def _download(args):
 
 COMMANDS = {"doctor": _doctor, "demo": _demo, "train": _train, "sample": _sample, "plot": _plot,
             "eval-length": _eval_length, "experiment": _experiment, "download": _download,
-            "check-scan": _check_scan}
+            "check-scan": _check_scan, "bpe": _bpe}
 
 #: what a command may raise for bad input or a run it refuses (a missing file, a corrupt checkpoint, a config
 #: value out of range, a NaN in training, no memory for the model asked for): shown as one line, exit status 2

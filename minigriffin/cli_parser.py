@@ -45,7 +45,19 @@ def build_parser():
     train.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                        help="where to train: cpu (NumPy + Numba) or gpu (CuPy; needs minigriffin[gpu] and a CUDA "
                             "GPU). Checkpoints are device-independent: --resume works on either (default: cpu)")
+    train.add_argument("--tokenizer", metavar="PATH",
+                       help="a BPE tokenizer saved by `minigriffin bpe` (default: UTF-8 bytes); vocab_size is "
+                            "set from it, and the run keeps a copy for eval-length and sample")
     train.set_defaults(takes_extra=True)      # its other --key=value options are config overrides
+
+    bpe = sub.add_parser("bpe", help="train a byte-level BPE tokenizer on the training books",
+                         description="Learn BPE merges on the books' training split (minigriffin/bpe.py) and save "
+                                     "them as JSON, for `minigriffin train --tokenizer PATH`.")
+    bpe.add_argument("--vocab-size", type=int, required=True, help="tokens, including the 256 bytes")
+    bpe.add_argument("--data-dir", help="books folder (its train/ books; default: $MINIGRIFFIN_BOOKS or a download)")
+    bpe.add_argument("--max-bytes", type=int, default=5_000_000,
+                     help="learn from this many bytes, the same fraction of each book (default: %(default)s)")
+    bpe.add_argument("--out", required=True, help="JSON file to write")
 
     sample = sub.add_parser("sample", help="generate text from a trained run")
     sample.add_argument("run_dir")

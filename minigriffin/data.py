@@ -40,6 +40,24 @@ class ByteTokenizer:
         return tokens.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
+TOKENIZER_FILE = "tokenizer.json"      # in a run folder: the BPE tokenizer the run was trained with
+
+
+def load_tokenizer(path=None):
+    """The tokenizer a command uses: ByteTokenizer for None, else the BPE tokenizer saved at path
+    (`minigriffin bpe`, minigriffin.bpe.BPETokenizer.save)."""
+    if path is None:
+        return ByteTokenizer()
+    from minigriffin.bpe import BPETokenizer
+    return BPETokenizer.load(path)
+
+
+def run_tokenizer(run_dir):
+    """The tokenizer a run was trained with: its run_dir/tokenizer.json, or bytes when it has none."""
+    path = Path(run_dir) / TOKENIZER_FILE
+    return load_tokenizer(path) if path.is_file() else ByteTokenizer()
+
+
 class TokenSplit(NamedTuple):
     """One split of a corpus: all its documents concatenated into one token stream."""
 

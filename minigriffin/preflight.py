@@ -45,4 +45,5 @@ def check_vocabulary(corpus, model_cfg):
         top = int(split.tokens.max()) if split.tokens.size else 0
         if top >= model_cfg.vocab_size:
             raise ValueError(f"the {split.name} books hold token {top} but the model's vocab_size is "
-                             f"{model_cfg.vocab_size}: byte tokens need vocab_size=256")
+                             f"{model_cfg.vocab_size}: byte tokens need vocab_size=256, a BPE tokenizer "
+                             f"its own vocabulary size")

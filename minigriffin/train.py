@@ -40,6 +40,7 @@ from minigriffin.accelerate import accelerated
 from minigriffin.carry import WindowSampler
 from minigriffin.checkpoint import load_checkpoint, save_checkpoint
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
+from minigriffin.data import TOKENIZER_FILE
 from minigriffin.device import DEVICES, default_workers, device_namespace
 from minigriffin.interrupt import StopRequest
 from minigriffin.head import cross_entropy_backward, cross_entropy_forward
@@ -102,7 +103,7 @@ def first_non_finite(grads):
 class Trainer:
     """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
 
-    def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus, device="cpu"):
+    def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus, device="cpu", tokenizer=None):
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
         if device == "gpu" and model_cfg.scan_backend not in ("auto", "cupy"):
@@ -118,6 +119,7 @@ class Trainer:
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.data_dir = str(data_dir)
         self.corpus = corpus
+        self.tokenizer = tokenizer                  # a BPE tokenizer is saved in the run (None: bytes)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.best_val = math.inf
         self.last_finite_loss = None
@@ -142,6 +144,8 @@ class Trainer:
         config = {"model": config_to_dict(self.model_cfg), "train": self.train_cfg.__dict__ | {},
                   "data_dir": self.data_dir}
         (self.run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if hasattr(self.tokenizer, "save"):                 # what eval-length and sample decode with
+            self.tokenizer.save(self.run_dir / TOKENIZER_FILE)
 
     def meta(self):
         return {"step": self.step, "model_config": config_to_dict(self.model_cfg),
