@@ -155,8 +155,13 @@ def _eval_length(args):
 
 
 def _experiment(args):
+    if args.name == "copy-retrieval":
+        return _copy_retrieval(args)
+    if args.task:
+        raise SystemExit("--task applies to `experiment copy-retrieval` only")
     from minigriffin.experiment import run_study
     from minigriffin.gutenberg import resolve_data_dir
+    args.study = args.study or "extrapolation"
     out = args.out or os.path.join("runs", f"experiment-{args.preset}")
     data_dir = resolve_data_dir(args.data_dir)
     command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
@@ -166,6 +171,21 @@ def _experiment(args):
                + "".join(f" --eval-data-dir {d}" for d in args.eval_data_dir))
     run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
               eval_data_dirs=args.eval_data_dir, device=args.device)
+    return 0
+
+
+def _copy_retrieval(args):
+    """experiment copy-retrieval: Griffin section 6.2's tasks (minigriffin/copy_retrieval.py)."""
+    from minigriffin.copy_retrieval import TASKS, run_copy_retrieval
+    if args.study or args.data_dir or args.eval_data_dir:
+        raise SystemExit("--study, --data-dir and --eval-data-dir apply to `experiment extrapolation` only "
+                         "(the copy and retrieval tasks are generated, not read from books)")
+    out = args.out or os.path.join("runs", f"copy-retrieval-{args.preset}")
+    tasks = tuple(dict.fromkeys(args.task)) if args.task else TASKS
+    command = (f"minigriffin experiment copy-retrieval --preset {args.preset}"
+               + "".join(f" --task {t}" for t in (tasks if args.task else ()))
+               + f" --out {out} --seed {args.seed}" + (f" --device {args.device}" if args.device != "cpu" else ""))
+    run_copy_retrieval(args.preset, out, tasks=tasks, seed=args.seed, device=args.device, command=command)
     return 0
 
 

@@ -91,14 +91,21 @@ def build_parser():
     evl.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evl.add_argument("--out", help="folder for the CSVs and length.png (default: the first RUN_DIR)")
 
-    exp = sub.add_parser("experiment", help="reproduce the paper's long-context study at laptop scale")
-    exp.add_argument("name", choices=["extrapolation"])
-    exp.add_argument("--study", choices=["extrapolation", "train-length"], default="extrapolation")
+    exp = sub.add_parser("experiment", help="reproduce the paper's long-context (6.1) or copy and retrieval (6.2) "
+                                            "study at laptop scale")
+    exp.add_argument("name", choices=["extrapolation", "copy-retrieval"],
+                     help="extrapolation: Griffin section 6.1 (Figure 5); copy-retrieval: section 6.2 (Figure 6)")
+    exp.add_argument("--study", choices=["extrapolation", "train-length"],
+                     help="extrapolation only: which study (default: extrapolation)")
     exp.add_argument("--preset", choices=["laptop", "tiny", "gpu"], default="laptop",
-                     help="laptop: both studies in ~15-25 min on 2 cores; gpu: the larger models, for --device gpu")
+                     help="laptop: each experiment in ~15-30 min on 2 cores; tiny: seconds (tests); gpu: larger, "
+                          "for --device gpu")
+    exp.add_argument("--task", action="append", choices=["selective-copy", "induction", "phonebook"],
+                     help="copy-retrieval only: a task to run (repeatable; default: all three)")
     exp.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="train and evaluate on this device")
     exp.add_argument("--data-dir")
-    exp.add_argument("--out", help="output folder, shared by both studies (default: runs/experiment-<preset>)")
+    exp.add_argument("--out", help="output folder, shared by both extrapolation studies (default: "
+                                   "runs/experiment-<preset>; copy-retrieval: runs/copy-retrieval-<preset>)")
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--eval-data-dir", action="append", default=[],
                      help="also evaluate the trained models on this folder's books (its valid/ books if it has "

@@ -24,6 +24,7 @@ from minigriffin.tasks import (
     noise_token,
     phonebook_batch,
     phonebook_length,
+    row_token_accuracy,
     selective_copy_batch,
     special_token,
     token_accuracy,
@@ -274,6 +275,10 @@ def test_accuracy_of_perfect_and_partly_wrong_logits(task):
     assert token_accuracy(logits, batch) == pytest.approx(1 - len(flip) / len(rows), abs=1e-12)
     assert exact_match(logits, batch).tolist() == [False, True, False, True]
     assert exact_match_accuracy(logits, batch) == 0.5
+    # per row: row 0 lost len(flip) - 1 of its answer tokens, row 2 one; exact in float64 up to one division
+    per_row = batch.mask.sum(axis=1)                                               # (B,) answer tokens per row
+    lost = np.array([len(flip) - 1, 0, 1, 0])
+    np.testing.assert_allclose(row_token_accuracy(logits, batch), 1 - lost / per_row, rtol=0, atol=1e-15)
 
 
 def test_accuracy_checks_shapes_and_empty_masks():
@@ -285,6 +290,8 @@ def test_accuracy_checks_shapes_and_empty_masks():
         token_accuracy(np.zeros((2, 10, 16)), empty)
     with pytest.raises(ValueError, match="mask"):
         exact_match(np.zeros((2, 10, 16)), empty)
+    with pytest.raises(ValueError, match="mask"):
+        row_token_accuracy(np.zeros((2, 10, 16)), empty)
 
 
 def greedy_answers(model, batch):

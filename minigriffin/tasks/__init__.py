@@ -14,7 +14,7 @@ arrays whose mask scores exactly the answer tokens, so the trainer's masked loss
 Layouts, defaults and the paper's numbers: docs/tasks.md.
 """
 
-from minigriffin.tasks.common import exact_match, exact_match_accuracy, token_accuracy
+from minigriffin.tasks.common import exact_match, exact_match_accuracy, row_token_accuracy, token_accuracy
 from minigriffin.tasks.induction import GRIFFIN_INDUCTION, induction_batch, special_token
 from minigriffin.tasks.phonebook import (
     PHONEBOOK_PAD,
@@ -47,6 +47,7 @@ __all__ = [
     "noise_token",
     "phonebook_batch",
     "phonebook_length",
+    "row_token_accuracy",
     "selective_copy_batch",
     "special_token",
     "token_accuracy",

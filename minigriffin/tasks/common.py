@@ -71,6 +71,16 @@ def token_accuracy(logits, batch):
     return float(correct[batch.mask].sum() / n)
 
 
+def row_token_accuracy(logits, batch):
+    """Per row: the fraction of its scored answer tokens whose argmax is the target (teacher forcing).
+    logits: (B, T, V) -> (B,) float64, the unit that paired comparisons resample (minigriffin.paired)."""
+    correct = _predictions(logits, batch) == batch.targets                         # (B, T)
+    per_row = batch.mask.sum(axis=1)                                               # (B,)
+    if not per_row.all():
+        raise ValueError("a row of batch.mask scores no position: its accuracy is undefined")
+    return (correct & batch.mask).sum(axis=1) / per_row                            # (B,)
+
+
 def exact_match(logits, batch):
     """Per row: are all its scored answer tokens the argmax (teacher forcing)? Equal to greedy decoding
     getting the whole answer right (module docstring). logits: (B, T, V) -> (B,) bool."""
