@@ -169,6 +169,12 @@ def _experiment(args):
                + f"--out {out} --seed {args.seed}"
                + (f" --device {args.device}" if args.device != "cpu" else "")
                + "".join(f" --eval-data-dir {d}" for d in args.eval_data_dir))
+    if args.study == "window":                       # Appendix E: minigriffin/window_study.py
+        if args.eval_data_dir:
+            raise SystemExit("--eval-data-dir applies to the extrapolation and train-length studies only")
+        from minigriffin.window_study import run_window_study
+        run_window_study(args.preset, data_dir, out, seed=args.seed, command=command, device=args.device)
+        return 0
     run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
               eval_data_dirs=args.eval_data_dir, device=args.device)
     return 0

@@ -95,8 +95,9 @@ def build_parser():
                                             "study at laptop scale")
     exp.add_argument("name", choices=["extrapolation", "copy-retrieval"],
                      help="extrapolation: Griffin section 6.1 (Figure 5); copy-retrieval: section 6.2 (Figure 6)")
-    exp.add_argument("--study", choices=["extrapolation", "train-length"],
-                     help="extrapolation only: which study (default: extrapolation)")
+    exp.add_argument("--study", choices=["extrapolation", "train-length", "window"],
+                     help="extrapolation only: which study (default: extrapolation; window: Griffin's window "
+                          "size against global and local-only Transformers, Appendix E)")
     exp.add_argument("--preset", choices=["laptop", "tiny", "gpu"], default="laptop",
                      help="laptop: each experiment in ~15-30 min on 2 cores; tiny: seconds (tests); gpu: larger, "
                           "for --device gpu")

@@ -48,14 +48,15 @@ PRESETS = {
 def model_config(family, p, train_len):
     """Hawk / Griffin (local attention, window L/2) / MQA (global attention: every earlier token of the document,
     in training and in evaluation) / mqa-nope (the same MQA Transformer without positional encoding, the paper's
-    NoPE baseline). train_len does not change the model: Griffin's window stays L/2 at every training length."""
+    NoPE baseline) / mqa-local (the MQA Transformer with local attention only). train_len does not change the
+    model: Griffin's window stays L/2 at every training length unless p sets "window" (the window study)."""
     rope = family != "mqa-nope"
-    family = "mqa" if family == "mqa-nope" else family
+    base = "mqa" if family in ("mqa-nope", "mqa-local") else family
     levers = {k: p[k] for k in ("lru_min_rad", "lru_max_rad") if k in p}     # the RG-LRU decay's initial range
     return GriffinConfig(width=p["width"], mlp_expanded_width=p["mlp"], num_heads=p["heads"],
-                         lru_width=p["lru_width"], block_types=block_pattern(family, p["depth"]),
-                         attention_window_size=max(1, p["L"] // 2), global_attention=family == "mqa",
-                         use_rope=rope, **levers)
+                         lru_width=p["lru_width"], block_types=block_pattern(base, p["depth"]),
+                         attention_window_size=p.get("window") or max(1, p["L"] // 2),
+                         global_attention=family in ("mqa", "mqa-nope"), use_rope=rope, **levers)
 
 
 def attention_kind(cfg):
