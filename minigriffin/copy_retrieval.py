@@ -22,6 +22,7 @@ command, seed, commit, wall time, machine and every number), and each final mode
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -237,6 +238,13 @@ def run_task(task, preset, out_dir, *, seed, device, log):
             "wall_time_s": round(time.perf_counter() - start, 1)}
 
 
+def report_json(report):
+    """The report as indented JSON with every list of numbers on one line (the per-row results of every
+    point would otherwise take a line per number)."""
+    text = json.dumps(report, indent=2)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
+
+
 def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", command="", log=print):
     """Run the study's tasks; write per task a CSV and a figure, then copy-retrieval.md and copy-retrieval.json.
     Returns the results dict (what the JSON holds)."""
@@ -263,6 +271,6 @@ def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", co
     report["findings"] = copy_retrieval_findings(report)
     markdown = report_markdown(report)
     (out_dir / "copy-retrieval.md").write_text(markdown)
-    (out_dir / "copy-retrieval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "copy-retrieval.json").write_text(report_json(report))
     log(f"\n{markdown}\nwall time {report['wall_time_s'] / 60:.1f} min; outputs in {out_dir}")
     return report
