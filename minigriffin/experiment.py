@@ -77,7 +77,7 @@ def runs_for(study, p):
     raise ValueError(f"unknown study {study!r}; choose extrapolation or train-length")
 
 
-def _saved_step(run_dir):
+def saved_step(run_dir):
     """Step of the run's last checkpoint, or 0 when there is none."""
     from minigriffin.checkpoint import CheckpointError, load_checkpoint
     path = Path(run_dir) / "checkpoints" / "last.npz"
@@ -109,12 +109,13 @@ def domain_names(eval_data_dirs):
     return names
 
 
-def train_models(runs, p, corpus, data_dir, out_dir, *, seed, device, log):
-    """Train (or reuse, when complete in out_dir/runs) each model of a study: [(run, trainer, summary)]."""
+def train_models(runs, p, corpus, data_dir, out_dir, *, seed, device, log, steps_after=0):
+    """Train (or reuse, when complete in out_dir/runs) each model of a study: [(run, trainer, summary)].
+    steps_after: steps the study still has to train after these runs (for its ETA)."""
     from minigriffin.train import Trainer
     start, done_steps, models = time.perf_counter(), 0, []
     # Steps this process has to train (runs already complete in out_dir are reused, not retrained).
-    total_steps = sum(p["steps"] - _saved_step(out_dir / "runs" / r[0]) for r in runs)
+    total_steps = sum(p["steps"] - saved_step(out_dir / "runs" / r[0]) for r in runs) + steps_after
     for label, family, train_len, batch in runs:
         run_dir = out_dir / "runs" / label
         cfg = model_config(family, p, train_len)

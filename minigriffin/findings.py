@@ -55,10 +55,10 @@ def context_use(params, cfg, docs, losses, train_len, eval_len, cuts=None):
     return {"cuts": cuts, "windows": [w[0] for w in windows], "cells": cells}
 
 
-def context_use_markdown(name, use):
+def context_use_markdown(name, use, unit="nats/byte"):
     """One row per cut, one column per target window: 'cut - full [95% interval]' (above 0: the context
-    beyond the cut helped there)."""
-    lines = [f"context use of {name} (cut - full, nats/byte, 95% interval over documents)",
+    beyond the cut helped there). unit: "nats/token" for a run on BPE tokens."""
+    lines = [f"context use of {name} (cut - full, {unit}, 95% interval over documents)",
              "| cut | " + " | ".join(use["windows"]) + " |", "|---|" + "---|" * len(use["windows"])]
     for c in use["cuts"]:
         cells = [describe(*use["cells"][(c, w)], unit="") if (c, w) in use["cells"] else "-" for w in use["windows"]]

@@ -26,7 +26,7 @@ import numpy as np
 from minigriffin.copy_retrieval_findings import holds
 from minigriffin.copy_retrieval_report import machine_description, source_commit
 from minigriffin.evaluate import document_losses, documents
-from minigriffin.experiment import PRESETS, attention_kind, train_models
+from minigriffin.experiment import PRESETS, attention_kind, saved_step, train_models
 from minigriffin.paired import bootstrap_interval, describe, span_means
 
 LENGTH_MULTIPLES = (1, 2, 4)                  # training lengths L0, 2 L0, 4 L0
@@ -129,9 +129,10 @@ def run_window_study(preset, data_dir, out_dir, *, seed=0, log=print, command=""
     log(f"window: {len(runs)} models x {p['steps']} steps of {p['batch'] * p['L']:,} tokens on the {device}")
     results, models = {}, []
     longest = LENGTH_MULTIPLES[-1] * p["L"]
-    for kind, run, window in runs:
+    for i, (kind, run, window) in enumerate(runs):       # one at a time: each has its own window
+        later = sum(p["steps"] - saved_step(out_dir / "runs" / r[1][0]) for r in runs[i + 1:])
         [(_, trainer, summary)] = train_models([run], {**p, "window": window}, corpus, data_dir, out_dir,
-                                               seed=seed, device=device, log=log)
+                                               seed=seed, device=device, log=log, steps_after=later)
         label, _, L, batch = run
         pieces = piece_losses(trainer.params, trainer.model_cfg, corpus.valid, L,
                               p["segments"] * longest // L)                     # the same text at every L
