@@ -13,7 +13,7 @@ BOOKS ?= $(MINIGRIFFIN_BOOKS)
 .PHONY: test demo doctor bench install clean help
 
 help:
-	@echo "make test    install the package with its test and oracle extras into $(VENV), run pytest"
+	@echo "make test    install the package with its test, oracle and mpi extras into $(VENV), run pytest"
 	@echo "make demo    install the package into $(VENV), train a small Griffin on books (~3 min), sample, plot"
 	@echo "make doctor  print versions, Numba threading and GPU availability"
 	@echo "make bench   run benchmarks/bench_scan.py"
@@ -29,7 +29,7 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[test,oracle]"
+	$(BIN)/python -m pip install -e ".[test,oracle,mpi]"
 	@touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base

@@ -6,9 +6,11 @@ doctor.py, `demo` in demo.py, `check-scan` in check_scan.py); heavy imports happ
 `minigriffin --help` is instant.
 """
 
+import contextlib
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 from minigriffin.cli_parser import EXIT_ERROR, build_parser
 
@@ -43,34 +45,59 @@ def _parse_overrides(extra):
     return pairs
 
 
-def _train(args, extra):
+@contextlib.contextmanager
+def _refusal():
+    """A bad setting or a run that cannot start, as SystemExit("message"): one line, exit status 2."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
+        raise SystemExit(exc.args[0] if exc.args else str(exc)) from None
+
+
+def _train_plan(args, extra):
+    """What `train` is asked to do, read from the command line before any file is touched (under MPI, on
+    every rank: minigriffin.distributed compares the plans)."""
     from minigriffin.config import TrainConfig, make_config, split_overrides
     from minigriffin.data import load_corpus, load_tokenizer, run_tokenizer
     from minigriffin.gutenberg import resolve_data_dir
-    from minigriffin.train import Trainer, run_and_report
-    try:
-        model_over, train_over = split_overrides(_parse_overrides(extra))
-        if args.resume:
-            if model_over or set(train_over) - {"max_steps"} or args.tokenizer:
-                raise SystemExit("--resume continues a run with its saved settings (and tokenizer); only "
-                                 "--max_steps may be changed")
-            tokenizer = run_tokenizer(args.resume)
-            trainer = Trainer.resume(args.resume, lambda d: load_corpus(d, tokenizer=tokenizer),
-                                     max_steps=train_over.get("max_steps"), device=args.device)
-        else:
-            tokenizer = load_tokenizer(args.tokenizer)
-            if args.tokenizer:                   # the embedding table has one row per token of the tokenizer
-                model_over.setdefault("vocab_size", tokenizer.vocab_size)
-            model_cfg = make_config(args.preset, **model_over)
-            train_cfg = TrainConfig(**train_over)
-            data_dir = resolve_data_dir(args.data_dir)
-            run_dir = args.run_dir or os.path.join("runs", f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-            trainer = Trainer(run_dir, model_cfg, train_cfg, data_dir, load_corpus(data_dir, tokenizer=tokenizer),
-                              device=args.device, tokenizer=tokenizer)
+    model_over, train_over = split_overrides(_parse_overrides(extra))
+    if args.resume and (model_over or set(train_over) - {"max_steps"} or args.tokenizer):
+        raise SystemExit("--resume continues a run with its saved settings (and tokenizer); only --max_steps may "
+                         "be changed")
+    tokenizer = run_tokenizer(args.resume) if args.resume else load_tokenizer(args.tokenizer)
+    plan = SimpleNamespace(resume=args.resume, max_steps=train_over.get("max_steps"), device=args.device,
+                           tokenizer=tokenizer, load_corpus=lambda d: load_corpus(d, tokenizer=tokenizer))
+    if not args.resume:
+        if args.tokenizer:               # the embedding table has one row per token of the tokenizer
+            model_over.setdefault("vocab_size", tokenizer.vocab_size)
+        plan.model_cfg, plan.train_cfg = make_config(args.preset, **model_over), TrainConfig(**train_over)
+        plan.data_dir = resolve_data_dir(args.data_dir)
+        plan.run_dir = args.run_dir or os.path.join("runs", f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return plan
+
+
+def _make_trainer(plan, cls, start=True):
+    """The plan's Trainer (class cls): resumed, or fresh, its folder written if start (MPI checks first)."""
+    with _refusal():
+        if plan.resume:
+            return cls.resume(plan.resume, plan.load_corpus, max_steps=plan.max_steps, device=plan.device)
+        trainer = cls(plan.run_dir, plan.model_cfg, plan.train_cfg, plan.data_dir,
+                      plan.load_corpus(plan.data_dir), device=plan.device, tokenizer=plan.tokenizer)
+        if start:
             trainer.start_fresh()
-    except (KeyError, ValueError, TypeError, FileExistsError, RuntimeError) as exc:
-        raise SystemExit(exc.args[0] if exc.args else str(exc)) from None
-    return run_and_report(trainer, progress_bar=not args.no_progress)
+        return trainer
+
+
+def _train(args, extra):
+    from minigriffin.distributed import launch, run_distributed
+    from minigriffin.train import Trainer, run_and_report
+    how = launch(args.distributed)                  # None: one process; else why this is one rank of several
+    with _refusal():
+        plan = _train_plan(args, extra)
+    if how is None:
+        return run_and_report(_make_trainer(plan, Trainer), progress_bar=not args.no_progress)
+    return run_distributed(how, plan, lambda cls, start: _make_trainer(plan, cls, start),
+                           timeout=args.distributed_timeout, progress_bar=not args.no_progress)
 
 
 def _plot(args):

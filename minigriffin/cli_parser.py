@@ -19,6 +19,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _seconds(text):
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser():
     parser = _Parser(
         prog="minigriffin",
@@ -48,6 +59,13 @@ def build_parser():
     train.add_argument("--tokenizer", metavar="PATH",
                        help="a BPE tokenizer saved by `minigriffin bpe` (default: UTF-8 bytes); vocab_size is "
                             "set from it, and the run keeps a copy for eval-length and sample")
+    train.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
+                       help="mpi: one rank of a data-parallel job (mpiexec -n N minigriffin train ...; needs "
+                            "minigriffin[mpi]); auto: mpi when started by an MPI launcher; none: one process "
+                            "(default: %(default)s; docs/distributed.md)")
+    train.add_argument("--distributed-timeout", type=_seconds, default=300.0, metavar="SECONDS",
+                       help="under MPI, stop every rank with an error when another rank has not answered for this "
+                            "long (a rank died or hung) (default: %(default)g)")
     train.set_defaults(takes_extra=True)      # its other --key=value options are config overrides
 
     bpe = sub.add_parser("bpe", help="train a byte-level BPE tokenizer on the training books",

@@ -15,7 +15,7 @@ training with carry_windows > 1 (minigriffin.carry), and trims metrics.jsonl to 
 N/2 + kill + resume + N/2 give bit-identical parameters and the same losses (with the reference scan and one
 thread; multithreaded reductions may round differently run to run).
 Ctrl-C finishes the current step, saves, prints the resume command and exits with 130; a second Ctrl-C stops
-at once.
+at once. Over several processes (`mpiexec -n N minigriffin train`): minigriffin.distributed, docs/distributed.md.
 
 Devices: `Trainer(..., device="gpu")` (`minigriffin train --device gpu`) keeps the parameters, AdamW's moments
 and every activation on the GPU as CuPy arrays and runs exactly the same forward, backward and AdamW code
@@ -102,6 +102,7 @@ def first_non_finite(grads):
 
 class Trainer:
     """Holds everything a run is: configs, parameters, optimiser state, step and RNG, and the run folder."""
+    stop_request = StopRequest                      # Ctrl-C in run(); under MPI, agreed by every rank
 
     def __init__(self, run_dir, model_cfg, train_cfg, data_dir, corpus, device="cpu", tokenizer=None):
         if device not in DEVICES:
@@ -121,9 +122,7 @@ class Trainer:
         self.corpus = corpus
         self.tokenizer = tokenizer                  # a BPE tokenizer is saved in the run (None: bytes)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.best_val = math.inf
-        self.last_finite_loss = None
-        self.step = 0
+        self.best_val, self.last_finite_loss, self.step = math.inf, None, 0
         self.params = self.opt_state = self.data_rng = None
         self.windows = WindowSampler(corpus.train, model_cfg, train_cfg.batch_size, train_cfg.seq_len,
                                      train_cfg.carry_windows, self.xp)      # where each step's tokens come from
@@ -203,17 +202,20 @@ class Trainer:
             f"{self.last_finite_loss}); {where}. Parameters before this step are in {snapshot}; the last good "
             f"checkpoint is untouched. Try a lower --lr, --grad_clip=1.0, or --dtype=float64 to debug.")
 
-    def train_step(self, batch, state=None):
-        """One optimisation step from `state` (None: from zeros); returns (loss, grad norm before clipping,
-        lr). A carried state goes on to the next window (self.windows.carry)."""
-        tc = self.train_cfg
+    def gradients(self, batch, state=None):
+        """(mean loss, gradients) of the batch; a carried state goes on to the next window (self.windows.carry).
+        minigriffin.distributed replaces this one step: each rank takes its rows, then one Allreduce."""
         batch = to_device(batch, self.xp)                   # sampled on the host; a no-op on the CPU
         if state is None:
-            loss, grads = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers)
-        else:
-            loss, grads, new_state = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers,
-                                                    state=state)
-            self.windows.carry(new_state)
+            return loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers)
+        loss, grads, new_state = loss_and_grads(self.params, batch, self.model_cfg, workers=self.workers, state=state)
+        self.windows.carry(new_state)
+        return loss, grads
+
+    def train_step(self, batch, state=None):
+        """One optimisation step from `state` (None: from zeros); returns (loss, grad norm before clipping, lr)."""
+        tc = self.train_cfg
+        loss, grads = self.gradients(batch, state)
         lr = lr_schedule(self.step + 1, lr=tc.lr, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps,
                          min_lr=tc.min_lr)
         norm = clip_by_global_norm(grads, tc.grad_clip)
@@ -239,7 +241,7 @@ class Trainer:
         start, start_step, interrupted = time.perf_counter(), self.step, False
         pause = float(os.environ.get("MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT", "0"))   # used by the kill test
         try:
-            with StopRequest() as interrupt:
+            with self.stop_request() as interrupt:
                 while self.step < tc.max_steps:
                     batch, state = self.windows.next(self.step, self.data_rng)
                     loss, norm, lr = self.train_step(batch, state)
