@@ -171,7 +171,8 @@ def _eval_length(args):
         print(f"{bucket_summary(curve)}\n  -> {csv_path} (and per-document losses: {name}-length.npz)")
         curves.append(curve)
         if args.context_use:                 # how far back the context is used, inside and past L
-            print(context_use_markdown(name, context_use(params, cfg, docs, losses, train_len, args.max_len)))
+            print(context_use_markdown(name, context_use(params, cfg, docs, losses, train_len, args.max_len),
+                                       unit="nats/token" if hasattr(tokenizer, "token_bytes") else "nats/byte"))
         if args.same_token is not None:      # finding 1: the same targets with the context cut to N tokens
             findings += context_findings(params, cfg, docs, losses, name, train_len, args.max_len,
                                          cut=args.same_token or train_len)
