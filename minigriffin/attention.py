@@ -16,7 +16,9 @@ keys: itself and the W before it.
 Memory is O(T * W), not O(T^2), in both passes: queries are processed in blocks of `block_size` rows, and a
 block [q0, q1) only scores the keys [q0 - W, q1) it can see. The cache keeps the per-block probabilities,
 B*H*T*(Q + W) numbers in all (cheaper than recomputing the softmax; llm.c keeps its attention probabilities
-the same way). Default block size: Q = min(max(W, 32), 128). Q <= max(W, 32) keeps memory O(T * (W + 32));
+the same way; for NumPy arrays minigriffin/fast/attention_core.py keeps only each row's softmax statistics and
+recomputes the probabilities in the backward: O(T) memory). Default block size: Q = min(max(W, 32), 128).
+Q <= max(W, 32) keeps memory O(T * (W + 32));
 Q >= 32 bounds the Python loop to T / 32 iterations even for tiny windows; Q <= 128 keeps the wasted
 (masked) part of each block, Q * (Q + W) scored vs Q * (W + 1) visible, small for the paper's W = 1024.
 Shape letters: docs/conventions.md (Tq, Tk: queries / keys of one block).
@@ -29,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minigriffin.accelerate import accelerated
 from minigriffin.conv1d import document_ids
 from minigriffin.kvcache import AttentionState, kv_append
 from minigriffin.layers import LinearCache, linear_backward, linear_forward
@@ -49,7 +52,8 @@ class AttentionCache(NamedTuple):
     q: object                 # (B, T, H, Dh) after RoPE (if any)
     k: object                 # (B, N+T, Dh) after RoPE (if any): the N carried keys of a state, then the chunk's
     v: object                 # (B, N+T, Dh)
-    probs: tuple              # per query block: (B, Tq, H, Tk) softmax probabilities, 0 where masked
+    probs: tuple              # what attention_core_forward saved: per query block (B, Tq, H, Tk) probabilities
+                              # (the definition), or per-row softmax statistics (fast/attention.py, NumPy arrays)
     window: int
     block_size: int
     carried: int = 0          # N: keys and values of a state in front of the chunk's (constants: no gradient)
@@ -61,7 +65,7 @@ def default_block_size(window):
     return min(max(window, 32), 128)
 
 
-def _blocks(T, window, block_size, carried=0):
+def query_blocks(T, window, block_size, carried=0):
     """[(q0, q1, k0)]: query block [q0, q1) and the first key it can see, k0 = max(0, q0 - W), in indices of
     [carried keys, chunk] (the chunk's queries are [N, N + T))."""
     N = carried
@@ -142,7 +146,6 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
     B, T, D = x.shape
     H, Dh = num_heads, D // num_heads
     Q = block_size or default_block_size(window)
-    scale = Dh ** -0.5
     q, proj_q_cache = linear_forward(x, params["proj_q"])                  # (B, T, D)
     k, proj_k_cache = linear_forward(x, params["proj_k"])                  # (B, T, Dh)
     v, proj_v_cache = linear_forward(x, params["proj_v"])                  # (B, T, Dh)
@@ -160,20 +163,7 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
         k = xp.concatenate([state.keys, k], axis=1)                        # (B, N+T, Dh)
         v = xp.concatenate([state.values, v], axis=1)                      # (B, N+T, Dh)
         doc = xp.concatenate([state.doc, doc], axis=1)                     # (B, N+T)
-    min_logit = xp.asarray(MIN_LOGITS_VALUE, dtype=x.dtype)                # () keeps the softmax in x.dtype
-    o = xp.empty_like(q)                                                   # (B, T, H, Dh)
-    probs = []
-    for q0, q1, k0 in _blocks(T, window, Q, N):                            # q0, q1, k0: indices into k, v, doc
-        Tq, Tk = q1 - q0, q1 - k0
-        # MQA: all H heads share k, so (Tq, H) flatten into one batched matmul against (Dh, Tk).
-        logits = q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh) @ xp.swapaxes(k[:, k0:q1], 1, 2)   # (B, Tq*H, Tk)
-        logits = (logits * scale).reshape(B, Tq, H, Tk)                   # (B, Tq, H, Tk)
-        mask = mask_from_doc(doc, q0, q1, k0, q1, window)                  # (B, Tq, Tk)
-        logits = xp.where(mask[:, :, None, :], logits, min_logit)          # (B, Tq, H, Tk)
-        p = xp.exp(logits - logits.max(axis=-1, keepdims=True))            # (B, Tq, H, Tk) 0 where masked
-        p /= p.sum(axis=-1, keepdims=True)                                 # (B, Tq, H, Tk) softmax over keys
-        o[:, q0 - N:q1 - N] = (p.reshape(B, Tq * H, Tk) @ v[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
-        probs.append(p)
+    o, saved = attention_core_forward(q, k, v, doc, window=window, block_size=Q, carried=N)   # (B, T, H, Dh)
     out, proj_final_cache = linear_forward(o.reshape(B, T, D), params["proj_final"])   # (B, T, D)
     new_state = None
     if state is not None:                       # keep the last min(W, N + T): all a later query can see
@@ -183,38 +173,19 @@ def attention_forward(x, params, segment_pos, *, num_heads, window, block_size=N
             start = N + T - min(window, N + T)
             new_state = AttentionState(k[:, start:].copy(), v[:, start:].copy(), doc[:, start:].copy())
     cache = AttentionCache(proj_q_cache, proj_k_cache, proj_v_cache, proj_final_cache, rope_cache,
-                           q, k, v, tuple(probs), window, Q, N, new_state)
+                           q, k, v, saved, window, Q, N, new_state)
     return out, cache
 
 
 def attention_backward(dout, cache):
     """dout: (B, T, D) -> dx: (B, T, D), grads: dict with the same keys and shapes as params. O(T * W) memory."""
-    xp = array_namespace(dout)
     B, T, H, Dh = cache.q.shape
     D, N = H * Dh, cache.carried
-    scale = Dh ** -0.5
     # forward was: out = proj_final(o.reshape(B, T, D))
     do, grads_final = linear_backward(dout, cache.proj_final)             # (B, T, D)
     do = do.reshape(B, T, H, Dh)                                          # (B, T, H, Dh)
-    dq = xp.zeros_like(cache.q)                                           # (B, T, H, Dh)
-    dk = xp.zeros_like(cache.k)                                           # (B, N+T, Dh) summed over query blocks
-    dv = xp.zeros_like(cache.v)                                           # (B, N+T, Dh) summed over query blocks
-    blocks = _blocks(T, window=cache.window, block_size=cache.block_size, carried=N)
-    for (q0, q1, k0), p in reversed(list(zip(blocks, cache.probs))):
-        Tq, Tk = q1 - q0, q1 - k0
-        p = p.reshape(B, Tq * H, Tk)                                      # (B, Tq*H, Tk)
-        do_blk = do[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)              # (B, Tq*H, Dh)
-        # forward was: o[q0:q1] = p @ v[k0:q1]  ->  dp = do v^T;  dv[k0:q1] += p^T do
-        dv[:, k0:q1] += xp.swapaxes(p, 1, 2) @ do_blk                    # (B, Tk, Dh)
-        dp = do_blk @ xp.swapaxes(cache.v[:, k0:q1], 1, 2)                # (B, Tq*H, Tk)
-        # forward was: p = softmax(logits)  ->  dlogits = p * (dp - sum_s(dp * p))
-        dlogits = p * (dp - (dp * p).sum(axis=-1, keepdims=True))         # (B, Tq*H, Tk)
-        # forward was: logits = where(mask, logits, MIN)  ->  masked entries get no gradient; p == 0 exactly
-        #   there, so dlogits is already 0 and the mask need not be rebuilt.
-        # forward was: logits = (q k^T) * scale  ->  dq = (dlogits * scale) k;  dk += (dlogits * scale)^T q
-        dlogits *= scale
-        dq[:, q0 - N:q1 - N] = (dlogits @ cache.k[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
-        dk[:, k0:q1] += xp.swapaxes(dlogits, 1, 2) @ cache.q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)   # (B, Tk, Dh)
+    dq, dk, dv = attention_core_backward(do, cache.q, cache.k, cache.v, cache.probs, window=cache.window,
+                                         block_size=cache.block_size, carried=N)
     del do                                                                # done with it: lowers the peak memory
     dk, dv = dk[:, N:], dv[:, N:]                                         # the carried keys are constants
     # forward was: k = rope(k.reshape(B, T, 1, Dh)).reshape(B, T, Dh);  q = rope(q.reshape(B, T, H, Dh))
@@ -231,3 +202,60 @@ def attention_backward(dout, cache):
     dx_q, grads_q = linear_backward(dq, cache.proj_q)                     # (B, T, D)
     dx += dx_q
     return dx, {"proj_q": grads_q, "proj_k": grads_k, "proj_v": grads_v, "proj_final": grads_final}
+
+
+@accelerated
+def attention_core_forward(q, k, v, doc, *, window, block_size, carried=0):
+    """The attention proper, query block by query block: o = softmax(mask(q k^T / sqrt(Dh))) v.
+
+    q: (B, T, H, Dh) (after RoPE); k, v: (B, N+T, Dh) (N carried keys first); doc: (B, N+T) document ids.
+    Returns o: (B, T, H, Dh) and what the backward needs: the per-block probabilities (B, Tq, H, Tk), 0 where
+    masked. For NumPy arrays minigriffin/fast/attention_core.py runs instead and keeps only each row's softmax
+    statistics (O(T) memory; the backward recomputes the probabilities)."""
+    xp = array_namespace(q)
+    B, T, H, Dh = q.shape
+    N, scale = carried, Dh ** -0.5
+    min_logit = xp.asarray(MIN_LOGITS_VALUE, dtype=q.dtype)                # () keeps the softmax in q.dtype
+    o = xp.empty_like(q)                                                   # (B, T, H, Dh)
+    probs = []
+    for q0, q1, k0 in query_blocks(T, window, block_size, N):              # q0, q1, k0: indices into k, v, doc
+        Tq, Tk = q1 - q0, q1 - k0
+        # MQA: all H heads share k, so (Tq, H) flatten into one batched matmul against (Dh, Tk).
+        logits = q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh) @ xp.swapaxes(k[:, k0:q1], 1, 2)   # (B, Tq*H, Tk)
+        logits = (logits * scale).reshape(B, Tq, H, Tk)                   # (B, Tq, H, Tk)
+        mask = mask_from_doc(doc, q0, q1, k0, q1, window)                  # (B, Tq, Tk)
+        logits = xp.where(mask[:, :, None, :], logits, min_logit)          # (B, Tq, H, Tk)
+        p = xp.exp(logits - logits.max(axis=-1, keepdims=True))            # (B, Tq, H, Tk) 0 where masked
+        p /= p.sum(axis=-1, keepdims=True)                                 # (B, Tq, H, Tk) softmax over keys
+        o[:, q0 - N:q1 - N] = (p.reshape(B, Tq * H, Tk) @ v[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
+        probs.append(p)
+    return o, tuple(probs)
+
+
+@accelerated
+def attention_core_backward(do, q, k, v, saved, *, window, block_size, carried=0):
+    """do: (B, T, H, Dh), the rest as attention_core_forward got and returned them
+    -> dq: (B, T, H, Dh), dk, dv: (B, N+T, Dh)."""
+    xp = array_namespace(do)
+    B, T, H, Dh = q.shape
+    N, scale = carried, Dh ** -0.5
+    dq = xp.zeros_like(q)                                                 # (B, T, H, Dh)
+    dk = xp.zeros_like(k)                                                 # (B, N+T, Dh) summed over query blocks
+    dv = xp.zeros_like(v)                                                 # (B, N+T, Dh) summed over query blocks
+    blocks = query_blocks(T, window, block_size, N)
+    for (q0, q1, k0), p in reversed(list(zip(blocks, saved))):
+        Tq, Tk = q1 - q0, q1 - k0
+        p = p.reshape(B, Tq * H, Tk)                                      # (B, Tq*H, Tk)
+        do_blk = do[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)              # (B, Tq*H, Dh)
+        # forward was: o[q0:q1] = p @ v[k0:q1]  ->  dp = do v^T;  dv[k0:q1] += p^T do
+        dv[:, k0:q1] += xp.swapaxes(p, 1, 2) @ do_blk                    # (B, Tk, Dh)
+        dp = do_blk @ xp.swapaxes(v[:, k0:q1], 1, 2)                      # (B, Tq*H, Tk)
+        # forward was: p = softmax(logits)  ->  dlogits = p * (dp - sum_s(dp * p))
+        dlogits = p * (dp - (dp * p).sum(axis=-1, keepdims=True))         # (B, Tq*H, Tk)
+        # forward was: logits = where(mask, logits, MIN)  ->  masked entries get no gradient; p == 0 exactly
+        #   there, so dlogits is already 0 and the mask need not be rebuilt.
+        # forward was: logits = (q k^T) * scale  ->  dq = (dlogits * scale) k;  dk += (dlogits * scale)^T q
+        dlogits *= scale
+        dq[:, q0 - N:q1 - N] = (dlogits @ k[:, k0:q1]).reshape(B, Tq, H, Dh)   # (B, Tq, H, Dh)
+        dk[:, k0:q1] += xp.swapaxes(dlogits, 1, 2) @ q[:, q0 - N:q1 - N].reshape(B, Tq * H, Dh)   # (B, Tk, Dh)
+    return dq, dk, dv

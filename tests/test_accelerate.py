@@ -131,6 +131,8 @@ COVERED = {
     "minigriffin.layers.gated_gelu_forward": "test_mlp_fused_equals_numpy",
     "minigriffin.layers.gated_gelu_backward": "test_mlp_fused_equals_numpy",
     "minigriffin.rglru.rglru_gates_backward": "test_rglru_backward_fused_equals_numpy",
+    "minigriffin.attention.attention_core_forward": "tests/test_fast_attention.py (fast core == definition)",
+    "minigriffin.attention.attention_core_backward": "tests/test_fast_attention.py (fast core == definition)",
     "minigriffin.train.loss_and_grads": "tests/test_parallel.py (rows split between threads == one pass)",
     "minigriffin.inference.forward_chunk": "tests/test_decode.py (token by token == model_forward)",
 }

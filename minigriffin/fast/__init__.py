@@ -8,6 +8,8 @@ with minigriffin.accelerate.register, all of them in this file:
     layers.gelu_tanh_forward/backward  fast/fused.py (Numba)           NumPy float arrays
     layers.gated_gelu_forward/backward fast/fused.py (Numba)           NumPy float arrays
     rglru.rglru_gates_backward         fast/fused.py (Numba)           NumPy float arrays
+    attention.attention_core_forward   fast/attention_core.py (Numba)     NumPy float arrays
+    attention.attention_core_backward  fast/attention_core.py (Numba)     what the fast forward saved
     train.loss_and_grads               fast/parallel.py (threads)      NumPy batch, B > 1, workers > 1
     inference.forward_chunk            fast/decode.py (Numba)          NumPy arrays, one token per row, real RG-LRU
 
@@ -19,8 +21,9 @@ does not import Numba: the kernels load on first use.
 
 import numpy as np
 
-from minigriffin import inference, layers, rglru, train
+from minigriffin import attention, inference, layers, rglru, train
 from minigriffin.accelerate import register
+from minigriffin.fast import attention_core
 from minigriffin.fast import fused, parallel
 from minigriffin.xp import array_namespace
 
@@ -37,6 +40,10 @@ register(layers.gated_gelu_backward,
 register(rglru.rglru_gates_backward,
          applies=lambda dnormalized_x, da_scan, c: numpy_floats(dnormalized_x, da_scan, c.x))(
     fused.rglru_gates_backward)
+register(attention.attention_core_forward, applies=attention_core.applies_forward)(
+    attention_core.attention_core_forward)
+register(attention.attention_core_backward, applies=attention_core.applies_backward)(
+    attention_core.attention_core_backward)
 
 
 def _parallel_applies(params, batch, cfg, workers=1, state=None):
