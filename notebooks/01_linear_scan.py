@@ -19,8 +19,10 @@
 #
 # Every RG-LRU layer of Hawk and Griffin (De, Smith et al. 2024, eq. 4) ends in one recurrence,
 #
-# $$h_t = a_t \, h_{t-1} + x_t, \qquad t = 0, \dots, T-1, \qquad h_{-1} = h_0,$$
+# $$h_t = a_t \, h_{t-1} + x_t, \qquad t = 0, \dots, T-1, \qquad h_{-1} = h_\text{init},$$
 #
+# where $h_\text{init}$ is the state carried in from before the sequence (the argument `h0` of the code, zero by
+# default; $h_0$ in the text is always the state *after* step 0). It is
 # run independently for every batch row and channel of `(B, T, D)` arrays. This notebook shows what it computes,
 # how Blelloch's parallel scan computes the same thing in $2\log_2 T$ rounds, why its backward pass is the same scan
 # run backwards with `a` shifted by one step, and how the backends of `minigriffin.scan` compare on this machine.
@@ -47,10 +49,10 @@ print("full run" if FULL_RUN else "small run (set MINIGRIFFIN_FULL_RUN=1 for the
 # %% [markdown]
 # ## The recurrence, and what it adds up to
 #
-# Unrolling the recurrence shows that $h$ is a *linear* function of $x$ (and of $h_0$): every input $x_s$ reaches
-# $h_t$ multiplied by all the gates in between,
+# Unrolling the recurrence shows that $h$ is a *linear* function of $x$ (and of $h_\text{init}$): every input $x_s$
+# reaches $h_t$ multiplied by all the gates in between,
 #
-# $$h_t = \sum_{s \le t} \Big(\prod_{r=s+1}^{t} a_r\Big) x_s + \Big(\prod_{r=0}^{t} a_r\Big) h_0 .$$
+# $$h_t = \sum_{s \le t} \Big(\prod_{r=s+1}^{t} a_r\Big) x_s + \Big(\prod_{r=0}^{t} a_r\Big) h_\text{init} .$$
 #
 # So the scan is a product with a lower-triangular matrix $M_{ts} = \prod_{r=s+1}^{t} a_r$. Building that matrix
 # costs $O(T^2)$; the scan gets the same numbers in $O(T)$. Below, a naive loop and the matrix are checked against
@@ -60,7 +62,7 @@ print("full run" if FULL_RUN else "small run (set MINIGRIFFIN_FULL_RUN=1 for the
 T = 8
 x = rng.standard_normal((1, T, 1))                     # (B, T, D) = (1, 8, 1), float64
 a = rng.uniform(0.5, 1.0, (1, T, 1))                   # (B, T, D)
-h0 = rng.standard_normal((1, 1))                       # (B, D)
+h0 = rng.standard_normal((1, 1))                       # (B, D): h_init
 
 # naive version: the recurrence as written
 h_naive, prev = np.empty(T), h0[0, 0]
@@ -198,40 +200,54 @@ for T_ in (8, 1024, 2 ** 20):
 #
 # That is the same recurrence run from the end, with input $dh$ and multiplier $a_{t+1}$: a reverse scan of $dh$ with
 # `a` shifted left by one step. Every other gradient is then local:
-# $dx_t = g_t$, $da_t = g_t\, h_{t-1}$, $dh_0 = a_0\, g_0$.
+# $dx_t = g_t$, $da_t = g_t\, h_{t-1}$ (with $h_{-1} = h_\text{init}$), $dh_\text{init} = a_0\, g_0$.
 #
 # Below, `linear_scan(..., reverse=True)` with a shifted `a` reproduces `linear_scan_backward`'s `dx`, and then
-# `minigriffin.gradcheck` compares all three gradients with central finite differences in float64.
+# `minigriffin.gradcheck` compares all three gradients with central finite differences in float64, for two draws of
+# the gates:
+#
+# * **uniform in [0, 1)**: neighbouring gates differ by order one, so a *local* mistake shows at once (using $a_t$
+#   where $a_{t+1}$ belongs, say). But $g_0$ contains $dh_{T-1}$ times $a_1 a_2 \cdots a_{T-1}$, and with such gates
+#   that product vanishes within a few steps: a mistake in how the gradient travels *far* (the carried-in
+#   $dh_\text{last}$ dropped, a reverse scan that stops early or restarts in the middle, as a blocked backend could)
+#   would hide in the tolerance.
+# * **near 1** ($a = 1 - 10^{u}$, $u$ uniform in $[-6, -2]$, RG-LRU-like): the gradient of the last output reaches
+#   the first input almost undiminished, so a far-travel mistake is an error of order one.
 
 # %%
 B, T, D = 2, 13, 3                                                   # T not a power of two
 x = rng.standard_normal((B, T, D))                                   # (B, T, D) float64
-a = rng.uniform(0.0, 1.0, (B, T, D))                                 # (B, T, D)
-h0 = rng.standard_normal((B, D))                                     # (B, D)
+h0 = rng.standard_normal((B, D))                                     # (B, D): h_init
 dh = rng.standard_normal((B, T, D))                                  # (B, T, D) upstream gradient
 dh_last = rng.standard_normal((B, D))                                # (B, D)
+gate_draws = {"uniform in [0, 1)": rng.uniform(0.0, 1.0, (B, T, D)),                 # (B, T, D)
+              "near 1": 1 - 10 ** rng.uniform(-6, -2, (B, T, D))}                     # (B, T, D)
 
-h, _ = linear_scan(x, a, h0)
-dx, da, dh0 = linear_scan_backward(dh, dh_last, a, h, h0)
+for draw, a in gate_draws.items():
+    h, _ = linear_scan(x, a, h0)
+    dx, da, dh0 = linear_scan_backward(dh, dh_last, a, h, h0)
 
-# a_{t+1}; past the end a 1, so the reverse scan's initial state dh_last enters g_{T-1} unchanged
-a_shifted = np.concatenate([a[:, 1:], np.ones((B, 1, D))], axis=1)   # (B, T, D)
-g, _ = linear_scan(dh, a_shifted, dh_last, reverse=True)             # (B, T, D)
-assert np.allclose(g, dx, rtol=1e-13, atol=1e-15)                     # float64
-h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)            # (B, T, D): h_{t-1}
-assert np.allclose(da, g * h_prev, rtol=1e-13, atol=1e-15)            # float64
+    # a_{t+1}; past the end a 1, so the reverse scan's initial state dh_last enters g_{T-1} unchanged
+    a_shifted = np.concatenate([a[:, 1:], np.ones((B, 1, D))], axis=1)   # (B, T, D)
+    g, _ = linear_scan(dh, a_shifted, dh_last, reverse=True)             # (B, T, D)
+    assert np.allclose(g, dx, rtol=1e-13, atol=1e-15)                     # float64
+    h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)            # (B, T, D): h_{t-1}
+    assert np.allclose(da, g * h_prev, rtol=1e-13, atol=1e-15)            # float64
 
-reports = assert_grads_close(
-    lambda x, a, h0: linear_scan(x, a, h0, backend="reference"),      # outputs (h, h_last)
-    {"x": x, "a": a, "h0": h0}, {"x": dx, "a": da, "h0": dh0}, (dh, dh_last), rtol=1e-7, atol=1e-10)
-for r in reports:
-    print(f"{r.name:>3}: {r.checked} elements checked, max relative error {r.max_rel_error:.1e}")
+    reports = assert_grads_close(
+        lambda x, a, h0: linear_scan(x, a, h0, backend="reference"),      # outputs (h, h_last)
+        {"x": x, "a": a, "h0": h0}, {"x": dx, "a": da, "h0": dh0}, (dh, dh_last), rtol=1e-7, atol=1e-10)
+    reach = np.prod(a[:, 1:], axis=1)                                    # (B, D): a_1 ... a_(T-1)
+    print(f"gates {draw}: a_1 a_2 ... a_(T-1), the share of dh_(T-1) that reaches g_0: median "
+          f"{np.median(reach):.1e}")
+    for r in reports:
+        print(f"  {r.name:>3}: {r.checked} elements checked, max relative error {r.max_rel_error:.1e}")
+check_inputs = (x, h0, dh, dh_last)                                  # kept for the exercise at the end
 
 # %% [markdown]
-# Why test with $a$ close to 1: $g_0$ contains $dh_{T-1}$ times $a_1 a_2 \cdots a_{T-1}$. With small gates that
-# product vanishes within a few steps, and an off-by-one in the shift would hide in the tolerance. With $a = 1 -
-# 10^{-6}$ the gradient of the last output reaches the first input almost undiminished, so the same bug would be an
-# error of order one. The plot shows how far back one output's gradient reaches for a few gate values.
+# With uniform gates almost nothing of the last output's gradient reaches the first input; with gates near 1
+# nearly all of it does, so the check sees the whole path. The plot shows how far back one output's gradient reaches
+# for a few gate values.
 
 # %%
 T = 4096 if FULL_RUN else 1024
@@ -261,7 +277,7 @@ plt.show()
 # Each backend is first checked against `reference` in float32, then timed (best of a few runs, after one warm-up
 # call that also triggers Numba's compilation). The numbers depend on this machine and on what else runs on it.
 
-# %%
+# %% tags=["numbers-vary"]
 B, T, D = (4, 4096, 256) if FULL_RUN else (2, 1024, 64)
 repeats = 5 if FULL_RUN else 3
 x = rng.standard_normal((B, T, D)).astype(np.float32)                 # (B, T, D)
@@ -300,7 +316,7 @@ for name in available_backends():
     timings[name] = (best_ms(lambda: linear_scan(x, a, backend=name)), best_ms(lambda: forward_backward(name)))
     print(f"{name:<10} {err_h:>10.1e} {err_dx:>11.1e} {timings[name][0]:>11.2f} {timings[name][1]:>11.2f}")
 
-# %%
+# %% tags=["numbers-vary"]
 fig, ax = plt.subplots(figsize=(6, 2.6))
 names = list(timings)
 ax.barh(np.arange(len(names)) + 0.2, [timings[n][0] for n in names], height=0.4, label="forward")
@@ -316,7 +332,32 @@ plt.show()
 # On a CPU the compiled loop (`numba`) is the fastest: it reads `a` and `x` and writes `h` once, at memory speed.
 # The NumPy `reference` loop pays Python overhead per time step, and `blelloch` makes a full memory pass per tree
 # round. [docs/benchmarks.md](../docs/benchmarks.md) measures the backends against the memory-bandwidth floor at
-# larger sizes (`python benchmarks/bench_scan.py`). Next: [the RG-LRU](02_rglru.ipynb), which wraps this scan in
-# gates.
+# larger sizes (`python benchmarks/bench_scan.py`).
 #
-# Wrote a scan kernel of your own? [docs/testing-kernels.md](../docs/testing-kernels.md) registers it, tests it as these backends are tested, and benchmarks it.
+# Wrote a scan kernel of your own? [docs/testing-kernels.md](../docs/testing-kernels.md) registers it, tests it as
+# these backends are tested, and benchmarks it.
+#
+# ## Your turn
+#
+# The backward above feeds the reverse scan with `a` shifted left by one step. Suppose you forgot the shift (`shift
+# = 0` below: the reverse scan multiplies by $a_t$ instead of $a_{t+1}$). **Predict first**: which of the two gate
+# draws of the gradient check shows the mistake, and roughly how large is the relative error of `dx` for each: about
+# $10^{-1}$, $10^{-3}$, $10^{-6}$? Then run the cell, and set `shift = 1` to see the errors vanish.
+
+# %%
+shift = 0                                                             # 1 is right; 0 forgets the shift
+x, h0, dh, dh_last = check_inputs                                     # the gradient check's inputs
+B, T, D = x.shape
+for draw, a in gate_draws.items():
+    h, _ = linear_scan(x, a, h0)
+    dx, _, _ = linear_scan_backward(dh, dh_last, a, h, h0)                # the right gradient
+    a_used = np.concatenate([a[:, shift:], np.ones((B, shift, D))], axis=1)   # (B, T, D)
+    g, _ = linear_scan(dh, a_used, dh_last, reverse=True)
+    print(f"gates {draw:<18} shift = {shift}: relative error of dx {rel_error(g, dx):.1e}")
+
+# %% [markdown]
+# (Once you have run it: the uniform draw shows the mistake plainly, because neighbouring gates differ by order one;
+# near 1, $a_t \approx a_{t+1}$ and the mistake is hundreds of times smaller. Each draw catches what the other
+# misses, which is why the check runs both.)
+#
+# Next: [the RG-LRU](02_rglru.ipynb), which wraps this scan in gates.

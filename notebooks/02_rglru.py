@@ -29,8 +29,10 @@
 # \end{aligned}
 # $$
 #
-# The paper writes $a = \sigma(\Lambda)$; recurrentgemma, and this package, store $\texttt{a\_param} = -\Lambda$,
-# so $a = \sigma(-\texttt{a\_param})$ and $\log a = -\operatorname{softplus}(\texttt{a\_param})$.
+# **Notation.** The paper writes $a = \sigma(\Lambda)$ with a learnable $\Lambda$. recurrentgemma, and this
+# package, store the opposite sign, $\texttt{a\_param} = -\Lambda$, so everywhere below (and in the code)
+# $a = \sigma(-\texttt{a\_param})$ and $\log a = -\operatorname{softplus}(\texttt{a\_param})$: the same $a$, a
+# parameter of the opposite sign. A large positive `a_param` means a short memory.
 #
 # The gates read the layer's input, never $h$, so everything except the recurrence itself is elementwise and runs for
 # all $t$ at once; the recurrence is the linear scan of [notebook 1](01_linear_scan.ipynb). $W_a$ and $W_x$ are
@@ -153,14 +155,15 @@ assert 0.9 - 1e-9 <= a_init.min() and a_init.max() <= 0.999 + 1e-9
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 share = lambda v: np.full(v.size, 1 / v.size)                          # noqa: E731  fraction per bin
-axes[0].hist(a_init, bins=50, alpha=0.7, weights=share(a_init), label=f"a at init (E = {E_big})")
-axes[0].hist(a_t, bins=50, alpha=0.5, weights=share(a_t), label="a_t = a^(8 r_t) on random inputs")
+labels = [f"a at init (E = {E_big})", "a_t = a^(8 r_t) on random inputs"]
+bins = np.linspace(0.4, 1.0, 31)                                        # the same bins for both
+axes[0].hist([a_init, a_t], bins=bins, weights=[share(a_init), share(a_t)], label=labels)   # side by side
 axes[0].set_ylabel("fraction")
 axes[0].set_xlabel("decay rate")
 axes[0].legend(fontsize=8)
-bins = np.logspace(0, 3.2, 50)
-axes[1].hist(1 / (1 - a_init), bins=bins, alpha=0.7, weights=share(a_init), label="1 / (1 - a)")
-axes[1].hist(1 / (1 - a_t), bins=bins, alpha=0.5, weights=share(a_t), label="1 / (1 - a_t)")
+bins = np.logspace(0, 3.2, 25)
+axes[1].hist([1 / (1 - a_init), 1 / (1 - a_t)], bins=bins, weights=[share(a_init), share(a_t)],
+             label=["1 / (1 - a)", "1 / (1 - a_t)"])
 axes[1].set_xscale("log")
 axes[1].set_xlabel("memory length in tokens (log scale)")
 axes[1].legend(fontsize=8)
@@ -269,4 +272,34 @@ for r in reports:
 assert np.all(dh0[0] == 0) and np.any(dh0[1] != 0)                        # row 0 starts with a reset
 
 # %% [markdown]
+# ## Your turn
+#
+# Two choices of eq. 3-4 to question. The cell below recomputes the decay rates of the layer above on the same
+# random inputs, $a_t = a^{c\, r_t}$, with a constant $c$ of your choice (the paper's is 8), and the stationary
+# variance of the state of a channel that keeps a constant $a_t$, with or without the $\sqrt{1 - a_t^2}$ multiplier.
+#
+# **Predict first**: with $c = 1$, is the median memory $1/(1 - a_t)$ longer or shorter than the 6.8 tokens printed
+# above, and by roughly what factor? (Hint: for $a$ near 1, $1 - a^k \approx k(1 - a)$.) Without the multiplier,
+# how much larger than its input's variance does the state of the longest-memory channel get? Then change
+# `c_exercise` (try 1, 4, 16) and `keep_multiplier`.
+
+# %%
+c_exercise = 1                       # the paper's c is 8
+keep_multiplier = False              # True: eq. 4 as written; False: h_t = a_t h_(t-1) + i_t x_t
+
+log_a_t = -c_exercise * c.gate_a * c.softplus_a_param                    # (B, T, E) log a_t, same r_t as above
+a_t_ex = np.exp(log_a_t).ravel()
+memory = 1 / (1 - a_t_ex)
+variance = (1 - a_t_ex ** 2 if keep_multiplier else 1.0) / (1 - a_t_ex ** 2)   # stationary var(h) / var(input)
+print(f"c = {c_exercise}: median memory 1/(1-a_t) = {np.median(memory):.1f} tokens (c = {C}: "
+      f"{np.median(1 / (1 - a_t)):.1f}), longest {memory.max():,.0f}")
+print(f"{'with' if keep_multiplier else 'without'} sqrt(1 - a_t^2): stationary variance of the state, median "
+      f"channel {np.median(variance):.1f}, longest-memory channel {variance.max():,.1f} (times the input's)")
+
+# %% [markdown]
+# (Once you have run it: for $a$ near 1, $1 - a^{c r} \approx c\, r (1 - a)$, so memory lengths scale as $1/c$: $c = 1$
+# makes them about 8 times longer than $c = 8$, and $c$ is what lets the gate $r_t$ shorten a memory by a large
+# factor. Without the multiplier the state's variance is $1/(1 - a_t^2)$ times its input's: thousands for the
+# longest-memory channels, while the multiplier makes it 1 for every channel.)
+#
 # Next: [local attention and RoPE](03_local_attention_rope.ipynb), Griffin's other temporal block.

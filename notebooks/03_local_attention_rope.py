@@ -34,7 +34,7 @@ import tracemalloc
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minigriffin.attention import attention_backward, attention_forward, attention_mask
+from minigriffin.attention import attention_backward, attention_forward, attention_mask, default_block_size
 from minigriffin.config import make_config
 from minigriffin.params import init_params
 from minigriffin.rope import MAX_WAVELENGTH, rope_forward
@@ -146,7 +146,12 @@ assert np.allclose([score(m, m - 3) for m in (3, 10, 100, 5000)], score(3, 0), r
 #
 # Two checks with the package: the layer's output does not change when the same tokens sit at positions shifted by
 # 1000 (only offsets matter), and the share of attended pairs whose offset was never seen in training, counted from
-# `attention_mask`, for a global model and a local one trained at $L = 64$.
+# `attention_mask`, for a global model and a local one trained at $L = 64$. The right panel shows what an unseen
+# offset means for RoPE: the angle by which each rotated pair of the $D_h = 16$ head above turns between a key and a
+# query $d$ tokens apart, $\theta_j d$, in full turns. A pair that completes a turn within $L$ has met every angle
+# in training, and offsets past $L$ only repeat them; a slow pair that has not (pairs 2 and 3 here) meets, past $L$,
+# angles it was never trained on, and that is where global attention breaks down. A window $W$ caps every pair's
+# angle at $\theta_j W$, inside what training showed.
 
 # %%
 cfg = make_config("mqa-tiny", width=64, num_heads=4, lru_width=64, mlp_expanded_width=192, dtype="float64")
@@ -175,17 +180,26 @@ axes[0].set_xlabel("evaluation length T")
 axes[0].set_ylabel(f"attended pairs with offset >= {L}")
 axes[0].set_title(f"offsets never seen when training at L = {L}")
 axes[0].legend(fontsize=8)
-offsets = np.arange(0, 4 * L)
-axes[1].plot(offsets, [score(d, 0) for d in offsets], lw=0.8)
-axes[1].axvspan(0, L, color="C2", alpha=0.15, label="offsets seen in training")
-axes[1].axvspan(0, W_local, color="C1", alpha=0.25, label=f"all a W = {W_local} window ever sees")
+offsets = np.arange(1, 8 * L + 1)
+rates = MAX_WAVELENGTH ** (-2 * np.arange(R // 2) / R)                 # (R/2,) radians per token, Dh = 16
+for j, rate in enumerate(rates):
+    axes[1].plot(offsets, rate * offsets / (2 * np.pi), color=f"C{j}", label=f"pair {j}")
+axes[1].axhline(1, color="black", lw=0.8)
+axes[1].axvspan(1, L, color="C2", alpha=0.15, label=f"offsets seen in training (L = {L})")
+axes[1].axvspan(1, W_local, color="C1", alpha=0.25, label=f"all a W = {W_local} window ever sees")
+axes[1].set_xscale("log", base=2)
+axes[1].set_yscale("log")
 axes[1].set_xlabel("offset t - s")
-axes[1].set_ylabel("q . k after RoPE")
-axes[1].set_title("one (q, k) pair's logit against the offset")
-axes[1].legend(fontsize=8)
+axes[1].set_ylabel("angle between q and k (full turns)")
+axes[1].set_title("RoPE angle of each pair against the offset")
+axes[1].legend(fontsize=7, loc="lower right")
 fig.tight_layout()
 plt.show()
 print({name: [f"{v:.0%}" for v in share] for name, share in unseen.items()}, "at T =", lengths)
+for j, rate in enumerate(rates):
+    turns_L, turns_far = rate * L / (2 * np.pi), rate * 8 * L / (2 * np.pi)
+    print(f"pair {j}: {turns_L:.3g} turns at offset L = {L}, {turns_far:.3g} at 8L"
+          + ("  <- past L, angles never seen in training" if turns_L < 1 else ""))
 
 # %% [markdown]
 # ## Memory: $O(T \cdot W)$, not $O(T^2)$
@@ -195,7 +209,9 @@ print({name: [f"{v:.0%}" for v in share] for name, share in unseen.items()}, "at
 # only scores the keys $[q_0 - W, q_1)$ it can see; the cache keeps those per-block probabilities for the backward,
 # $B \cdot H \cdot T \cdot (Q + W)$ numbers in all. Below, `tracemalloc` (which sees NumPy's allocations) measures
 # the peak memory of forward + backward for growing $T$ at fixed $W$, beside the same layer with a global window
-# ($W = T$).
+# ($W = T$). It measures the NumPy definition in `attention.py` (`MINIGRIFFIN_REFERENCE=1`, set only around the
+# measurement): compiled versions of the same computation in `minigriffin/fast/` may trade memory for arithmetic
+# differently, for example by recomputing the probabilities in the backward instead of keeping them.
 
 # %%
 cfg = make_config("mqa-tiny", width=64, num_heads=4, lru_width=64, mlp_expanded_width=192)   # float32
@@ -210,11 +226,15 @@ def peak_mib(T, window):
     x = rng.standard_normal((1, T, cfg.width)).astype(np.float32)      # (B, T, D)
     dout = rng.standard_normal((1, T, cfg.width)).astype(np.float32)   # (B, T, D)
     seg = np.arange(T)[None]                                           # (B, T)
-    tracemalloc.start()
-    out, cache = attention_forward(x, p32, seg, num_heads=cfg.num_heads, window=window)
-    dx, grads = attention_backward(dout, cache)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    os.environ["MINIGRIFFIN_REFERENCE"] = "1"                          # the definitions, not minigriffin/fast/
+    try:
+        tracemalloc.start()
+        out, cache = attention_forward(x, p32, seg, num_heads=cfg.num_heads, window=window)
+        dx, grads = attention_backward(dout, cache)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        del os.environ["MINIGRIFFIN_REFERENCE"]
     return peak / 2 ** 20
 
 
@@ -225,10 +245,21 @@ print(f"measured in {time.perf_counter() - start:.1f} s")
 for T, mib in zip(local_T, local):
     print(f"T = {T:>6}: local W = {W_mem}: {mib:7.2f} MiB ({mib * 2 ** 20 / T:,.0f} bytes per token)"
           + (f"   global: {global_[global_T.index(T)]:7.2f} MiB" if T in global_T else ""))
+slope = lambda T, m: np.polyfit(np.log(T), np.log(m), 1)[0]            # noqa: E731  log-log slope
+print(f"log-log slope, all points: local {slope(local_T, local):.2f}, global {slope(global_T, global_):.2f}; "
+      f"last two points: local {slope(local_T[-2:], local[-2:]):.2f}, global {slope(global_T[-2:], global_[-2:]):.2f}")
+# the probabilities the global layer keeps: each block of Q queries scores the keys before its end, H T (T + Q) / 2
+probabilities = [4 * cfg.num_heads * T * (T + default_block_size(T)) / 2 / 2 ** 20 for T in global_T]   # MiB
+print("of which the global layer's kept probabilities (quadratic in T):",
+      ", ".join(f"{m:.1f} MiB at T = {T}" for T, m in zip(global_T, probabilities)))
 
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.loglog(local_T, local, "o-", base=2, label=f"local, W = {W_mem}")
 ax.loglog(global_T, global_, "s-", base=2, label="global (W = T)")
+guide_T = np.array([local_T[0], local_T[-1]], dtype=float)
+ax.loglog(guide_T, local[0] * guide_T / guide_T[0], "k:", lw=0.8, base=2, label="O(T) guide")
+ax.loglog(guide_T, global_[0] * (guide_T / guide_T[0]) ** 2, "k--", lw=0.8, base=2, label="O(T^2) guide")
+ax.set_ylim(0.5 * min(local), 2 * max(global_ + local))
 ax.set_xlabel("sequence length T")
 ax.set_ylabel("peak MiB, forward + backward")
 ax.set_title(f"attention memory (B = 1, D = {cfg.width}, H = {cfg.num_heads}, float32)")
@@ -236,7 +267,30 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# The local layer's bytes per token stay flat as $T$ grows (memory linear in $T$), while the global layer's grow with
-# $T$ (memory quadratic in $T$). At inference the same bound holds for the cache: a local attention layer keeps only
+# The local layer's bytes per token stay flat as $T$ grows: its curve lies on the $O(T)$ guide, slope 1. The global
+# layer's grow with $T$, but its measured slope is about 1.5 over these sizes, not the 2 of the $O(T^2)$ guide
+# (dashed): its peak is the quadratic part (the kept probabilities, printed above) *plus* everything that is linear
+# in $T$ (the input, the projections, the outputs and their gradients, $B \cdot T \cdot D$ numbers each). At
+# $T = 256$ the linear part is most of the total; the quadratic part grows four times per doubling and takes over as
+# $T$ grows, so the slope between the last two points is steeper than over all of them, and tends to 2 for long
+# sequences. (With `MINIGRIFFIN_FULL_RUN=1` the range reaches $T = 4096$.)
+#
+# At inference the same bound holds for the cache: a local attention layer keeps only
 # its last $W$ keys and values, whatever the length of the context ([notebook 7](07_decoding_cost.ipynb)).
+#
+# ## Your turn
+#
+# Griffin's long-context study trains at $L$ and uses a window $W = L/2$; the paper uses $W = 1024$ at
+# $L = 2048$. **Predict first**: with the window $W = L/2$ below, what share of the attended (query, key) pairs of a
+# 512-token sequence have an offset the model never saw in training at $L = 64$? And with $W = 2L$, a window longer
+# than the training sequences? Run the cell, then try other windows (`W_try`) and lengths.
+
+# %%
+W_try = L // 2                       # try L, 2 * L, 4 * L
+T_eval = 512
+t, s = np.nonzero(attention_mask(np.arange(T_eval)[None], 0, T_eval, 0, T_eval, W_try)[0])
+print(f"W = {W_try}, trained at L = {L}, evaluated at T = {T_eval}: {np.mean(t - s >= L):.0%} of the attended "
+      f"pairs have an offset never seen in training; the largest offset is {np.max(t - s)}")
+
+# %% [markdown]
 # Next: [the whole model](04_model.ipynb).

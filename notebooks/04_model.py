@@ -58,7 +58,10 @@ rng = np.random.default_rng(0)
 #
 # * **Hawk**: every temporal block is recurrent (Conv1D + RG-LRU, notebook 2).
 # * **Griffin**: two recurrent blocks, then one local-attention block, repeating (R, R, A, R, R, A, ...).
-# * **MQA Transformer**: every temporal block is multi-query attention, with a window as long as the context (global).
+# * **MQA Transformer**: every temporal block is multi-query attention, and it is **global**: the `mqa-*` presets
+#   set `global_attention=True`, so each query sees every earlier token of its document however long it is, and the
+#   preset's `attention_window_size` is not used. Griffin's attention is **local**: a window of
+#   `attention_window_size` tokens (128 in the small presets, 1024 in the paper's).
 #
 # The presets are named `<family>-<size>`; here are the 12-block models of the paper's 100M row.
 
@@ -80,9 +83,10 @@ for side in ("top", "right", "left"):
 plt.show()
 for family in families:
     cfg = PRESETS[f"{family}-small"]
+    attention = ("no attention" if ATTENTION not in cfg.block_types else "global attention" if cfg.global_attention
+                 else f"local attention, window {cfg.attention_window_size}")
     print(f"{family}-small: D = {cfg.width}, {cfg.num_layers} blocks {''.join(k[0].upper() for k in cfg.block_types)}, "
-          f"{'global attention' if cfg.global_attention else f'window {cfg.attention_window_size}'}, "
-          f"{count_params(cfg):,} parameters")
+          f"{attention}, {count_params(cfg):,} parameters")
 
 # %% [markdown]
 # ## Parameter counts against Table 2
@@ -183,7 +187,7 @@ g_tiny = model_backward(cross_entropy_backward(1.0, ce_cache), cache)
 reports = assert_grads_close(loss_fn, {"params": p_tiny}, {"params": g_tiny}, np.array(1.0),
                              rtol=1e-6, atol=1e-9, eps=1e-3, order=4, max_elements=3 if FULL_RUN else 2)
 worst = max(reports, key=lambda r: r.max_rel_error)
-print(f"{len(reports)} parameter arrays checked; worst relative error {worst.max_rel_error:.1e} ({worst.name})")
+print(f"{len(reports)} parameter arrays checked; worst relative error {worst.max_rel_error:.1e}")
 
 # %% [markdown]
 # ## Agreement with DeepMind's recurrentgemma
@@ -237,4 +241,34 @@ else:
 # %% [markdown]
 # In float64 the two implementations agree to rounding error, logits and every gradient; in float32 to about the
 # precision of float32 arithmetic. The tests (`tests/test_oracle_*.py`) make the same comparison for every layer,
-# for packed documents and for decoding with a cache. Next: [training on books](05_training.ipynb).
+# for packed documents and for decoding with a cache.
+#
+# ## Your turn
+#
+# Local attention with a window as long as the sequence sees everything global attention sees. **Predict first**:
+# on rows of 13 tokens (the second row packs documents of 5 and 8), for which windows $W$ does a tiny Griffin give
+# the same logits as the same weights with `global_attention=True`: $W = 12$? $W = 7$? $W = 4$? Then run the cell
+# and try other windows. (Notebook 6 asks what this means for extrapolation: a Griffin whose window is as long as
+# its training sequences is, in training, a model with global attention.)
+
+# %%
+W_try = 7                                     # try 12, 7, 4, 1
+cfg_local = make_config("griffin-tiny", dtype="float64", attention_window_size=W_try)
+cfg_global = make_config("griffin-tiny", dtype="float64", global_attention=True)
+p_same = init_params(cfg_local, np.random.default_rng(2))     # the same weights for both
+seg = np.array([np.arange(13), np.r_[np.arange(5), np.arange(8)]])    # (B, T): row 1 packs two documents
+tok = np.random.default_rng(3).integers(0, 256, seg.shape)            # (B, T)
+logits_local, _ = model_forward(p_same, tok, seg, cfg_local)
+logits_global, _ = model_forward(p_same, tok, seg, cfg_global)
+differs = np.abs(logits_local - logits_global).max(axis=-1) > 1e-12   # (B, T) positions whose logits differ
+for row in range(2):
+    print(f"W = {W_try}, row {row}: logits differ from global attention at positions "
+          f"{np.flatnonzero(differs[row]).tolist() or 'none'}")
+
+# %% [markdown]
+# (Once you have run it: a query at position $t$ of a document sees $\min(t, W)$ earlier keys, so the logits agree
+# with global attention wherever every document position is at most $W$: $W = 12$ changes nothing on 13 tokens,
+# $W = 7$ changes positions 8-12 of the first row but nothing in the second, whose documents have at most 8 tokens.
+# A window is invisible until a document outgrows it.)
+#
+# Next: [training on books](05_training.ipynb).

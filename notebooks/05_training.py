@@ -26,7 +26,7 @@
 # The training loop is in [minigriffin/train.py](../minigriffin/train.py); one step is drawn in
 # [docs/architecture.md](../docs/architecture.md).
 
-# %%
+# %% tags=["text-varies"]
 import os
 import tempfile
 import time
@@ -49,7 +49,8 @@ plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
 BOOKS = Path(os.environ.get("MINIGRIFFIN_BOOKS") or default_cache_dir() / "books").expanduser()
 HAVE_BOOKS = BOOKS.is_dir() and ((BOOKS / "train").is_dir() or any(BOOKS.glob("*.txt")))
 if HAVE_BOOKS:
-    print(f"books: {BOOKS.resolve()}")
+    where = "$MINIGRIFFIN_BOOKS" if os.environ.get("MINIGRIFFIN_BOOKS") else str(BOOKS).replace(str(Path.home()), "~")
+    print(f"books: {where}")
 else:
     print(f"NO BOOKS at {BOOKS.resolve()}: this notebook needs a folder of .txt books. Set MINIGRIFFIN_BOOKS to "
           f"one, or run `minigriffin download` and point MINIGRIFFIN_BOOKS at the folder it prints. "
@@ -148,7 +149,7 @@ if HAVE_BOOKS:
 # attention window's keys and values) from step to step ([minigriffin/sample.py](../minigriffin/sample.py)). The same
 # from the command line: `minigriffin sample RUN_DIR --prompt "It was " --temperature 0.8`.
 
-# %%
+# %% tags=["text-varies"]
 if HAVE_BOOKS:
     params, _, _, meta = load_checkpoint(RUN_DIR / "checkpoints" / "best.npz")
     cfg = config_from_dict(meta["model_config"])
@@ -162,4 +163,41 @@ if HAVE_BOOKS:
 
 # %% [markdown]
 # Lower temperatures pick likely bytes (repetitive, more word-like); temperature 1 samples the model's distribution
-# as it is. Next: [long context](06_long_context.ipynb), where models trained on short windows read whole books.
+# as it is.
+#
+# ## Your turn: train at another length
+#
+# The run above trained on windows of 64 bytes. Train the same model on the same number of bytes cut into shorter
+# windows (`seq_len_try` = 16, so four times the batch), then score both on the same validation text: 40 pieces of
+# 256 bytes, each read from its start, with the loss averaged over three ranges of positions. **Predict first**:
+# at positions 0-15, which model is better? At positions 64-254, past anything the 16-byte model saw in training,
+# is it a little worse, much worse, or better than the model trained on 64 bytes? Then run it (about ten seconds),
+# and try `seq_len_try = 128`. [Notebook 6](06_long_context.ipynb) asks the same question carefully, with paired
+# tests.
+
+# %%
+seq_len_try = 16                     # the run above: 64; try 128 (same bytes: batch 8 * 64 / seq_len_try)
+if HAVE_BOOKS and not FULL_RUN:
+    from minigriffin.evaluate import document_losses, documents
+
+    other = [a for a in settings if not a.startswith(("--batch_size=", "--seq_len=", "--attention_window_size="))]
+    other += [f"--batch_size={8 * 64 // seq_len_try}", f"--seq_len={seq_len_try}",
+              f"--attention_window_size={seq_len_try // 2}"]
+    RUN_TRY = RUN_DIR.parent / f"griffin-L{seq_len_try}"
+    assert minigriffin(["train", *other, "--data-dir", str(BOOKS), "--run-dir", str(RUN_TRY), "--log_every=1000"]) == 0
+    pieces = documents(corpus.valid, 256, 8)                                # the same text for both models
+    print(f"mean loss (nats per byte) on {len(pieces)} validation pieces of 256 bytes, by position:")
+    for name, run in ((f"trained on {64} bytes", RUN_DIR), (f"trained on {seq_len_try} bytes", RUN_TRY)):
+        params, _, _, meta = load_checkpoint(run / "checkpoints" / "best.npz")
+        losses = document_losses(params, config_from_dict(meta["model_config"]), pieces)   # (pieces, 255)
+        spans = [(0, 16), (16, 64), (64, 255)]
+        print(f"  {name:<20}" + "".join(f"  positions {lo}-{hi - 1}: {np.nanmean(losses[:, lo:hi]):.3f}"
+                                         for lo, hi in spans))
+
+# %% [markdown]
+# (Once you have run it: at this size both models use only a few dozen bytes of context, so far into the pieces they
+# do about equally well; the model trained on short windows has met four times as many window starts, and that
+# shows in the first positions. Whether longer training windows pay off far out is finding 2 of the paper, measured
+# in [notebook 6](06_long_context.ipynb).)
+#
+# Next: [long context](06_long_context.ipynb), where models trained on short windows read whole books.

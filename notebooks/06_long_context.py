@@ -457,4 +457,37 @@ if HAVE_BOOKS:
     plt.show()
 
 # %% [markdown]
+# ## Your turn: does local attention alone extrapolate?
+#
+# Griffin's attention is local (a window of $L/2$ here); its recurrent blocks see further back. Take them away: an
+# MQA Transformer whose attention is local with a window of $L/2$ (family `mqa-local`), trained like section 3's
+# Hawk, then section 3's same-token test at targets $[2L, 2L + L/2)$ with the context cut to $L$.
+# **Predict first**: "longer context helps", "hurts", or "no difference"? And how large can cut - full be for a
+# single document? Then run it (about 20 s at the small size), and try `family_try = "mqa"` (global attention: the
+# paper's breakdown past $L$), or `"griffin"` with `window_try = L` (Griffin with a window as long as its training
+# sequences, whose attention is then global in training).
+
+# %%
+family_try, window_try = "mqa-local", L // 2          # try ("mqa", L // 2), ("griffin", L), ("griffin", L // 2)
+if HAVE_BOOKS:
+    label = f"{family_try}-L{L}-window{window_try}"
+    [(_, trainer_try, _)] = train_models([(label, family_try, L, p["batch"])], dict(p, window=window_try), corpus,
+                                         BOOKS, live_out, seed=0, device="cpu",
+                                         log=lambda msg, **_: print(msg) if "step" not in msg else None)
+    params_try, cfg_try = trainer_try.params, trainer_try.model_cfg
+    full_try = document_losses(params_try, cfg_try, docs)                # (documents, 8L - 1)
+    per_doc_try = np.array([cut_context_losses(params_try, cfg_try, doc, lo, hi, L).mean() - full_try[i, lo:hi].mean()
+                            for i, doc in enumerate(docs) if len(doc) > hi])
+    test_try = bootstrap_interval(per_doc_try)
+    print(f"{label}: cut to L = {L}, targets at 2L: {describe(*test_try)} -> "
+          f"{verdict(*test_try, above='longer context helps', below='longer context hurts')}; "
+          f"largest |cut - full| of one document {np.abs(per_doc_try).max():.0e} nats/byte")
+
+# %% [markdown]
+# (Once you have run it: with a window of $L/2$ and no recurrence, nothing more than $L/2$ tokens back reaches a
+# prediction, and RoPE sees only offsets, so cutting the context to $L$ changes no logit: the difference is 0 for
+# every document, up to float32 rounding (the rotations are computed at other absolute positions). Such a model
+# "extrapolates" only in the weak sense: it cannot break past $L$, and it cannot use anything beyond its window
+# either. Hawk and Griffin can, in principle, through their state.)
+#
 # Next: [decoding cost](07_decoding_cost.ipynb), the other side of a fixed-size state.

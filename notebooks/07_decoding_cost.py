@@ -65,10 +65,10 @@ def log_axes(ax):
     ax.grid(alpha=0.3, which="both")
 
 
-def config(family, context):
-    """The small preset; the MQA baseline attends globally, so its window is the whole context."""
-    cfg = PRESETS[f"{family}-small"]
-    return dataclasses.replace(cfg, attention_window_size=context) if family == "mqa" else cfg
+def config(family):
+    """The small preset. Griffin's attention is local (a window of 128 tokens); the MQA baseline's is global
+    (global_attention=True: every earlier token of the document, whatever the context length)."""
+    return PRESETS[f"{family}-small"]
 
 
 # %% [markdown]
@@ -85,7 +85,7 @@ def filled_state(cfg, batch, context, rng):
     blocks = []
     for block in init_state(cfg, batch).blocks:
         if isinstance(block, AttentionState):
-            n = min(cfg.attention_window_size, context)                          # tokens kept by the window
+            n = min(cfg.window, context)                                         # tokens kept: window or all
             keys = rng.standard_normal((batch, n, cfg.head_dim)).astype(cfg.dtype)    # (B, N, Dh)
             values = rng.standard_normal((batch, n, cfg.head_dim)).astype(cfg.dtype)  # (B, N, Dh)
             blocks.append(AttentionState(keys, values, np.zeros((batch, n), np.int64)))
@@ -97,7 +97,7 @@ def filled_state(cfg, batch, context, rng):
 
 
 for family in FAMILIES:
-    cfg = config(family, 300)
+    cfg = config(family)
     params = init_params(cfg, rng)
     prompt = rng.integers(0, 256, (2, 300))                                     # (B, T)
     _, real = forward_chunk(params, prompt, np.broadcast_to(np.arange(300), (2, 300)), cfg, init_state(cfg, 2))
@@ -119,7 +119,7 @@ for family in FAMILIES:
 results = {family: [] for family in FAMILIES}
 for family in FAMILIES:
     for context in CONTEXTS:
-        cfg = config(family, context)
+        cfg = config(family)
         params = init_params(cfg, np.random.default_rng(0))
         state = filled_state(cfg, BATCH, context, rng)
         nbytes = state_nbytes(state) // BATCH
@@ -136,7 +136,7 @@ for family in FAMILIES:
         print(f"{family:<8} context {context:>6}: {ms:7.2f} ms per step of {BATCH} tokens, "
               f"{nbytes:>12,} bytes per sequence")
 
-# %%
+# %% tags=["numbers-vary"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for i, family in enumerate(FAMILIES):
     contexts, ms, nbytes = zip(*results[family])
@@ -183,31 +183,64 @@ for _ in range(3):
 bandwidth = 3 * 2 * src.nbytes / (time.perf_counter() - start)            # bytes read + written per second
 print(f"copy bandwidth of this machine: about {bandwidth / 1e9:.1f} GB/s")
 
-fig, ax = plt.subplots(figsize=(6, 3.6))
-for i, family in enumerate(FAMILIES):
+step_bytes = {}                                                             # bytes a decode step reads, eq. 5
+for family in FAMILIES:
     contexts, ms, nbytes = map(np.array, zip(*results[family]))
-    param_bytes = 4 * count_params(config(family, int(contexts[0])))      # float32
-    model_ms = 1e3 * (param_bytes + BATCH * nbytes) / bandwidth
-    ax.plot(contexts, ms, "o-", color=f"C{i}", label=f"{family}: measured")
-    ax.plot(contexts, model_ms, ":", color=f"C{i}", label=f"{family}: eq. 5, bytes / bandwidth")
+    param_bytes = 4 * count_params(config(family))                        # float32
+    step_bytes[family] = param_bytes + BATCH * nbytes                     # (contexts,)
+    print(f"{family:<8} eq. 5: {param_bytes / 2 ** 20:.1f} MiB of parameters + {BATCH} x "
+          f"{nbytes[0] / 2 ** 20:.2f} to {nbytes[-1] / 2 ** 20:.2f} MiB of cache read per step")
     if family == "mqa":
         per_token = nbytes[-1] / contexts[-1]
-        print(f"MQA: {param_bytes / 2 ** 20:.1f} MiB of parameters, {per_token:,.0f} bytes of cache per token per "
-              f"sequence: the cache outweighs the parameters beyond T* = {param_bytes / (BATCH * per_token):,.0f} "
-              f"tokens at batch {BATCH}")
+        print(f"MQA: {per_token:,.0f} bytes of cache per token per sequence: the cache outweighs the parameters "
+              f"beyond T* = {param_bytes / (BATCH * per_token):,.0f} tokens at batch {BATCH}")
+
+# %% tags=["numbers-vary"]
+fig, ax = plt.subplots(figsize=(8, 3.6))
+floor_styles = {"hawk": dict(ls=(0, (1, 1.5)), lw=2.5), "griffin": dict(ls=(0, (5, 2)), lw=1.2),
+                "mqa": dict(ls=(0, (1, 1.5)), lw=1.5)}                     # hawk's and griffin's floors nearly meet
+for i, family in enumerate(FAMILIES):
+    contexts, ms, _ = map(np.array, zip(*results[family]))
+    ax.plot(contexts, ms, "o-", color=f"C{i}", label=f"{family}: measured")
+    ax.plot(contexts, 1e3 * step_bytes[family] / bandwidth, color=f"C{i}", label=f"{family}: eq. 5, bytes / bandwidth",
+            **floor_styles[family])
 log_axes(ax)
 ax.set_xlabel("context length")
 ax.set_ylabel(f"ms per decode step (batch {BATCH})")
-ax.legend(fontsize=7, ncol=2)
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))        # outside the axes: no curve hidden
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The dotted lines are the bandwidth floor of eq. 5. A single-token step here runs fused Numba kernels
-# (`minigriffin/fast/decode.py`: one compiled call per recurrent block, a BLAS product and one pass over the values per
-# attention block) and appends the new key and value to a preallocated cache in place, so it reads each parameter and
+# The dotted and dashed lines are the bandwidth floor of eq. 5 (Hawk's, thick dotted, and Griffin's, dashed, nearly
+# coincide: their parameters are about the same size and their caches small beside them). A single-token step here
+# runs fused Numba kernels (`minigriffin/fast/decode.py`: one compiled call per recurrent block, a BLAS product and
+# one pass over the values per attention block) and appends the new key and value to a preallocated cache in place, so it reads each parameter and
 # each cached key and value about once; what keeps it above the floor is arithmetic done without fused
 # multiply-adds, the softmax's exponentials, and a few Python calls per block. Small caches also still fit in the
 # processor's caches, so the measured MQA curve bends up more sharply than the model once its cache outgrows them.
 # The *shape* is the paper's: flat for Hawk and Griffin, rising with the context for the global-attention baseline
 # once its cache outweighs the parameters. No implementation can remove the baseline's growth, which is the bytes it
 # must read.
+#
+# ## Your turn
+#
+# Give the MQA baseline a local window instead of global attention (`global_attention=False`, a window of
+# `window_try` tokens): it is then Griffin without the recurrent blocks. **Predict first**: at a context of 8,192
+# tokens, how many bytes does it carry per sequence, and is its decode step closer to Hawk's or to the global MQA's?
+# Then run it and try other windows. (Whether such a model still predicts well far out is notebook 6's exercise.)
+
+# %%
+window_try = 512                     # try 128, 2048
+cfg_try = dataclasses.replace(PRESETS["mqa-small"], global_attention=False, attention_window_size=window_try)
+params_try = init_params(cfg_try, np.random.default_rng(0))
+for context in CONTEXTS:
+    state = filled_state(cfg_try, BATCH, context, rng)
+    nbytes = state_nbytes(state) // BATCH
+    token, times = np.zeros((BATCH, 1), np.int64), []
+    for i in range(STEPS + 2):
+        start = time.perf_counter()
+        _, state = forward_chunk(params_try, token, np.full((BATCH, 1), context + i, np.int64), cfg_try, state)
+        times.append(time.perf_counter() - start)
+    print(f"mqa, window {window_try}, context {context:>6}: {1e3 * statistics.median(times[2:]):7.2f} ms per step, "
+          f"{nbytes:>12,} bytes per sequence")
