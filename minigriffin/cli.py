@@ -148,6 +148,7 @@ def _eval_length(args):
              else load_eval_books(args.eval_data_dir, tokenizer=tokenizer))
     if args.max_len < 2 or args.chunk_size < 1 or args.segments_per_book < 1:
         raise ValueError("--max-len must be >= 2, --chunk-size and --segments-per-book >= 1")
+    unit = "nats/token" if hasattr(tokenizer, "token_bytes") else "nats/byte"
     if hasattr(tokenizer, "token_bytes"):    # BPE: every loss below is per token, not per byte
         per_token = tokenizer.token_bytes(split.tokens) / max(1, len(split.tokens))
         print(f"tokenizer {tokenizer.name}: losses and positions below are in tokens ({per_token:.2f} bytes per "
@@ -171,13 +172,12 @@ def _eval_length(args):
         print(f"{bucket_summary(curve)}\n  -> {csv_path} (and per-document losses: {name}-length.npz)")
         curves.append(curve)
         if args.context_use:                 # how far back the context is used, inside and past L
-            print(context_use_markdown(name, context_use(params, cfg, docs, losses, train_len, args.max_len),
-                                       unit="nats/token" if hasattr(tokenizer, "token_bytes") else "nats/byte"))
+            print(context_use_markdown(name, context_use(params, cfg, docs, losses, train_len, args.max_len), unit))
         if args.same_token is not None:      # finding 1: the same targets with the context cut to N tokens
             findings += context_findings(params, cfg, docs, losses, name, train_len, args.max_len,
                                          cut=args.same_token or train_len)
     if findings:
-        print(findings_markdown(findings))
+        print(findings_markdown(findings, unit))
     print(f"figure: {plot_curves(curves, os.path.join(out, 'length.png'))}")
     return 0
 

@@ -17,7 +17,8 @@ the held-out batches come from a different seed. The optimiser is AdamW without 
 Mamba's Appendix E.1), betas (0.9, 0.999), clipping at global norm 1, warm-up then cosine decay to lr / 10.
 Outputs in --out: copy-retrieval-<task>.png and .csv per task, copy-retrieval.md, copy-retrieval.json (the
 command, seed, commit, wall time, machine and every number), and each final model in runs/<task>/<model>/
-(checkpoints/last.npz, readable with checkpoint.load_run). Settings beside the paper's: docs/results.md, "Copy and retrieval".
+(checkpoints/last.npz, readable with checkpoint.load_run). Settings beside the paper's: docs/results.md,
+"Copy and retrieval".
 """
 
 import json
@@ -214,7 +215,8 @@ def run_task(task, preset, out_dir, *, seed, device, log):
     for family in FAMILIES[task]:
         cfg = model_config(family, model, task, p)
         log(f"[{task}/{family}] {count_params(cfg):,} parameters, attention "
-            f"{'none' if ATTENTION not in cfg.block_types else 'global' if cfg.global_attention else f'window {cfg.window}'}")
+            + ("none" if ATTENTION not in cfg.block_types else "global" if cfg.global_attention
+               else f"window {cfg.window}"))
         t0 = time.perf_counter()
         params, curve, loss, rate = train_model(cfg, task, p, settings["lr"], seed=seed, device=device,
                                                 held_out=held_out, log=log)

@@ -126,11 +126,11 @@ def _bucket_difference(first, second, lo, hi):
         return (np.nan, np.nan, np.nan)
 
 
-def findings_markdown(records):
-    """The verdicts as a Markdown table (one row per comparison)."""
+def findings_markdown(records, unit="nats/byte"):
+    """The verdicts as a Markdown table (one row per comparison); unit: "nats/token" for BPE runs."""
     lines = ["| finding | comparison | targets | difference, 95% interval | verdict |", "|---|---|---|---|---|"]
     for r in records:
         what = f"{r['model']}: {r['comparison']}" + (f" (cut to {r['cut']})" if "cut" in r else "")
-        lines.append(f"| {r['finding']} | {what} | {r['targets']} | {describe(r['mean'], r['low'], r['high'])} "
-                     f"| {r['verdict']} |")
+        difference = describe(r["mean"], r["low"], r["high"], unit)
+        lines.append(f"| {r['finding']} | {what} | {r['targets']} | {difference} | {r['verdict']} |")
     return "\n".join(lines)

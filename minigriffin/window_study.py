@@ -110,7 +110,8 @@ def plot_window(results, records, path, preset):
 
 def window_markdown(results, records):
     lengths = sorted(results)
-    lines = ["Held-out loss per byte (95% bootstrap interval over pieces):", "", "| model | " + " | ".join(f"L = {L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    lines = ["Held-out loss per byte (95% bootstrap interval over pieces):", "",
+             "| model | " + " | ".join(f"L = {L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for kind in KINDS:
         lines.append(f"| {kind} | " + " | ".join("{:.3f} [{:.3f}, {:.3f}]".format(*results[L][kind]["loss"])
                                                 for L in lengths) + " |")

@@ -43,10 +43,11 @@ def test_resume_eval_length_and_sample_use_the_runs_tokenizer(bpe_run, corpus_di
     assert load_checkpoint(run / "checkpoints" / "last.npz")[3]["step"] == 4
     capsys.readouterr()
     assert main(["eval-length", str(run), "--data-dir", str(corpus_dir), "--max-len", "64",
-                 "--out", str(tmp_path / "e"), "--context-use"]) == 0
+                 "--out", str(tmp_path / "e"), "--context-use", "--same-token", "8"]) == 0
     out = capsys.readouterr().out
     assert "losses and positions below are in tokens" in out and "bytes per token" in out
-    assert "cut - full, nats/token" in out and "nats/byte" not in out     # the context-use table's unit too
+    assert "cut - full, nats/token" in out and "nats/byte" not in out     # the tables' units too
+    assert "] nats/token |" in out                                      # the same-token verdicts
     # 40 tokens of a barely trained model draw merged tokens (ids >= 256), which bytes could not decode
     assert main(["sample", str(run), "--prompt", "The ", "--max-new-tokens", "40"]) == 0
     assert capsys.readouterr().out.startswith("The ")         # decoded with the run's merges
