@@ -250,8 +250,8 @@ def report_json(report):
 def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", command="", log=print):
     """Run the study's tasks; write per task a CSV and a figure, then copy-retrieval.md and copy-retrieval.json.
     Returns the results dict (what the JSON holds)."""
-    from minigriffin.copy_retrieval_report import (machine_description, plot_task, report_markdown,
-                                                   source_commit, write_task_csv)
+    from minigriffin.copy_retrieval_report import plot_task, report_markdown, write_task_csv
+    from minigriffin.provenance import machine_description, source_commit
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     unknown = [t for t in tasks if t not in TASKS]

@@ -10,9 +10,6 @@ Figures draw on an Agg canvas (no pyplot), as minigriffin.plots does.
 """
 
 import csv
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +23,6 @@ STYLE = {"mqa": ("MQA Transformer", "C0", "-"), "hawk": ("Hawk", "C1", "-"), "gr
 TITLES = {"selective-copy": "Selective copying (Figure 6a)", "induction": "Induction heads (Figure 6b)",
           "phonebook": "Phonebook lookup (Figure 6c)"}
 CSV_COLUMNS = ["model", "sweep", "step", "length", "entries", "token_accuracy", "exact_match"]
-
-
-def source_commit():
-    """The short git commit of the package's source tree, or "unknown"."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine_description():
-    """Processor, CPU count, Python and NumPy versions, as the 6.1 study records them."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
 
 
 def write_task_csv(result, path):

@@ -15,14 +15,9 @@ whose checkpoint is complete is not trained again).
 """
 
 import json
-import os
-import platform
 import re
-import subprocess
 import time
 from pathlib import Path
-
-import numpy as np
 
 from minigriffin.config import ATTENTION, GriffinConfig, TrainConfig, block_pattern, config_to_dict
 from minigriffin.data import unigram_entropy
@@ -31,6 +26,7 @@ from minigriffin.evaluate import (curve_from_losses, document_losses, documents,
 from minigriffin.findings import (bucket_differences, context_findings, context_panel, findings_markdown,
                                   train_length_findings)
 from minigriffin.paired import save_losses
+from minigriffin.provenance import machine_description, source_commit
 
 # name -> (model shape, training settings). L is seq_len. "laptop" fits both studies in ~45 min on 2 cores.
 PRESETS = {
@@ -87,14 +83,6 @@ def saved_step(run_dir):
         return int(load_checkpoint(path)[3]["step"])
     except (CheckpointError, KeyError, ValueError, json.JSONDecodeError):
         return 0
-
-
-def _commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def domain_names(eval_data_dirs):
@@ -213,12 +201,11 @@ def run_study(study, preset, data_dir, out_dir, *, seed=0, log=print, command=""
                 "window": None if trainer.model_cfg.global_attention or ATTENTION not in trainer.model_cfg.block_types
                 else trainer.model_cfg.attention_window_size}
                for (label, family, train_len, batch), trainer, summary in models]
-    results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": _commit(),
+    results = {"study": study, "preset": preset, "settings": p, "seed": seed, "commit": source_commit(),
                "command": command, "device": device,
                "wall_time_s": round(time.perf_counter() - start, 1), "models": trained,
                "eval_len": eval_len, "unigram_entropy_valid": report["unigram_entropy"],
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}, numpy {np.__version__}",
+               "machine": machine_description(),
                "figure": report["figure"], "table": report["table"], "findings": report["findings"],
                "documents": report["documents"], "domains": domains}
     (out_dir / f"{study}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from minigriffin.copy_retrieval_findings import holds
-from minigriffin.copy_retrieval_report import machine_description, source_commit
 from minigriffin.evaluate import document_losses, documents
 from minigriffin.experiment import PRESETS, attention_kind, saved_step, train_models
 from minigriffin.paired import bootstrap_interval, describe, span_means
+from minigriffin.provenance import machine_description, source_commit
 
 LENGTH_MULTIPLES = (1, 4)                     # training lengths L0 and 4 L0
 GRIFFIN_WINDOWS = (8, 4, 2)                   # Griffin's window L/8, L/4, L/2
