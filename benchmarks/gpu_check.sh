@@ -24,6 +24,8 @@ step doctor $PY -m minigriffin doctor
 step nvidia-smi nvidia-smi
 # 1. the gpu-marked tests (NVRTC compiles every kernel; cupy vs reference, Hypothesis; GPU <-> CPU resume)
 step pytest-gpu $PY -m pytest tests -m gpu -ra -q -p no:cacheprovider
+# 1b. the kernel-testing harness on CuPy arrays against the built-in cupy backend, timed against a device copy
+step check-scan-gpu $PY -m minigriffin check-scan cupy --gpu --seed 0
 # 2. the whole suite on this machine (the backend-agreement tests then include cupy through the round trip)
 step pytest-all env MINIGRIFFIN_BOOKS="$BOOKS" $PY -m pytest tests -ra -q -p no:cacheprovider \
      --ignore=tests/test_notebooks.py

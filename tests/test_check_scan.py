@@ -261,3 +261,61 @@ def test_cli_check_scan_gpu(capsys):
         return
     assert main(args) == 0
     assert "agrees with the reference (gpu" in capsys.readouterr().out
+
+
+# --- On a GPU: the same harness on CuPy arrays (`check-scan --gpu`) -------------------------------------------
+
+GPU_REASON = unavailable_reason("cupy")                       # None when the cupy backend can run here
+needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"no usable GPU for the cupy backend: {GPU_REASON}")
+# Planted bugs that keep their meaning through a copy to the host and back (modifies_inputs and overruns_out
+# act on the arrays' memory, which the copy replaces).
+GPU_BUGS = ["reverse_off_by_one", "ignores_h0", "half_precision_carries", "tail_restarts", "racy", "ignores_out"]
+
+
+def on_gpu(host_kernel):
+    """A broken host loop as a CuPy kernel: copy the inputs to the host, run it, write `out` back on the device."""
+    import cupy
+
+    def kernel(x, a, h0, reverse, out):
+        out_host = cupy.asnumpy(out)
+        host_kernel(cupy.asnumpy(x), cupy.asnumpy(a), cupy.asnumpy(h0), reverse, out_host)
+        out[...] = cupy.asarray(out_host)
+    kernel.__name__ = host_kernel.__name__
+    return kernel
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("bug", GPU_BUGS)
+def test_harness_catches_planted_bug_on_gpu(bug):
+    kernel, triggers = BROKEN[bug]
+    kernel = on_gpu(make_racy() if kernel is None else kernel)
+    with pytest.raises(ScanBackendMismatch) as excinfo:
+        check_scan_backend(kernel, max_examples=EXAMPLES, seed=0, device="gpu")
+    failure = excinfo.value.report.failure
+    assert triggers(failure), f"{bug}: the counterexample does not show the bug's trigger:\n{excinfo.value}"
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_harness_catches_a_planted_bug_in_the_cuda_kernel():
+    """Our own CUDA kernel given zeros for h0: a bug that never leaves the device."""
+    import cupy
+    from minigriffin.scan.cuda import cupy_backend
+
+    def cuda_ignores_h0(x, a, h0, reverse, out):
+        return cupy_backend.scan(x, a, cupy.zeros_like(h0), reverse, out)
+    with pytest.raises(ScanBackendMismatch) as excinfo:
+        check_scan_backend(cuda_ignores_h0, max_examples=EXAMPLES, seed=0, device="gpu")
+    assert excinfo.value.report.failure.example.case.h0 is not None, str(excinfo.value)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cupy_backend_passes_on_gpu():
+    """The built-in cupy backend under the same tolerances as the CPU backends (float32 2e-6, float64 1e-12)."""
+    report = check_scan_backend("cupy", max_examples=EXAMPLES, seed=1, device="gpu")
+    assert report.passed and report.cases["dtype float32"] > 0 and report.cases["dtype float64"] > 0
+    for dtype in ("float32", "float64"):
+        ratio, tol, quantity, _ = report.worst[dtype]
+        assert tol == RTOL[np.dtype(dtype)] * (2 if quantity == "da" else 1) and ratio <= tol, (dtype, ratio, tol)
