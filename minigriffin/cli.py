@@ -12,6 +12,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+from minigriffin.cli_experiment import experiment_command
 from minigriffin.cli_parser import EXIT_ERROR, build_parser
 
 
@@ -182,47 +183,6 @@ def _eval_length(args):
     return 0
 
 
-def _experiment(args):
-    if args.name == "copy-retrieval":
-        return _copy_retrieval(args)
-    if args.task:
-        raise SystemExit("--task applies to `experiment copy-retrieval` only")
-    from minigriffin.experiment import run_study
-    from minigriffin.gutenberg import resolve_data_dir
-    args.study = args.study or "extrapolation"
-    out = args.out or os.path.join("runs", f"experiment-{args.preset}")
-    data_dir = resolve_data_dir(args.data_dir)
-    command = (f"minigriffin experiment {args.name} --study {args.study} --preset {args.preset} "
-               + (f"--data-dir {args.data_dir} " if args.data_dir else "")     # as typed: portable
-               + f"--out {out} --seed {args.seed}"
-               + (f" --device {args.device}" if args.device != "cpu" else "")
-               + "".join(f" --eval-data-dir {d}" for d in args.eval_data_dir))
-    if args.study == "window":                       # Appendix E: minigriffin/window_study.py
-        if args.eval_data_dir:
-            raise SystemExit("--eval-data-dir applies to the extrapolation and train-length studies only")
-        from minigriffin.window_study import run_window_study
-        run_window_study(args.preset, data_dir, out, seed=args.seed, command=command, device=args.device)
-        return 0
-    run_study(args.study, args.preset, data_dir, out, seed=args.seed, command=command,
-              eval_data_dirs=args.eval_data_dir, device=args.device)
-    return 0
-
-
-def _copy_retrieval(args):
-    """experiment copy-retrieval: Griffin section 6.2's tasks (minigriffin/copy_retrieval.py)."""
-    from minigriffin.copy_retrieval import TASKS, run_copy_retrieval
-    if args.study or args.data_dir or args.eval_data_dir:
-        raise SystemExit("--study, --data-dir and --eval-data-dir apply to `experiment extrapolation` only "
-                         "(the copy and retrieval tasks are generated, not read from books)")
-    out = args.out or os.path.join("runs", f"copy-retrieval-{args.preset}")
-    tasks = tuple(dict.fromkeys(args.task)) if args.task else TASKS
-    command = (f"minigriffin experiment copy-retrieval --preset {args.preset}"
-               + "".join(f" --task {t}" for t in (tasks if args.task else ()))
-               + f" --out {out} --seed {args.seed}" + (f" --device {args.device}" if args.device != "cpu" else ""))
-    run_copy_retrieval(args.preset, out, tasks=tasks, seed=args.seed, device=args.device, command=command)
-    return 0
-
-
 def _check_scan(args):
     from minigriffin.check_scan import run_check_scan
     return run_check_scan(args.target, max_examples=args.max_examples, dtype=args.dtype, gpu=args.gpu,
@@ -247,7 +207,7 @@ def _download(args):
 
 
 COMMANDS = {"doctor": _doctor, "demo": _demo, "train": _train, "sample": _sample, "plot": _plot,
-            "eval-length": _eval_length, "experiment": _experiment, "download": _download,
+            "eval-length": _eval_length, "experiment": experiment_command, "download": _download,
             "check-scan": _check_scan, "bpe": _bpe}
 
 #: what a command may raise for bad input or a run it refuses (a missing file, a corrupt checkpoint, a config

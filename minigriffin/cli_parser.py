@@ -121,6 +121,11 @@ def build_parser():
                           "for --device gpu")
     exp.add_argument("--task", action="append", choices=["selective-copy", "induction", "phonebook"],
                      help="copy-retrieval only: a task to run (repeatable; default: all three)")
+    exp.add_argument("--model", action="append", choices=["mqa", "hawk", "griffin", "hawk-cg", "griffin-cg",
+                                                           "hawk-noconv", "griffin-noconv"],
+                     help="copy-retrieval only: a model to train (repeatable; default: each task's models); "
+                          "-cg: the CG-LRU, -noconv: the Conv1D ablation (temporal width 1)")
+    exp.add_argument("--steps", type=int, help="copy-retrieval only: training steps instead of the preset's")
     exp.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="train and evaluate on this device")
     exp.add_argument("--data-dir")
     exp.add_argument("--out", help="output folder, shared by both extrapolation studies (default: "

@@ -19,6 +19,11 @@ Outputs in --out: copy-retrieval-<task>.png and .csv per task, copy-retrieval.md
 command, seed, commit, wall time, machine and every number), and each final model in runs/<task>/<model>/
 (checkpoints/last.npz, readable with checkpoint.load_run). Settings beside the paper's: docs/results.md,
 "Copy and retrieval".
+
+Ablations: `--model` picks which models train (repeatable; any task), including Hawk and Griffin without their
+temporal Conv1D ("-noconv": width 1, so each position's recurrence input sees only its own token), and `--steps`
+replaces the preset's training steps (the schedule's warm-up and decay follow). The held-out rows depend on the
+seed and task only, so models of separate runs with the same seed answer the same rows and pair.
 """
 
 import json
@@ -46,6 +51,9 @@ TASKS = ("selective-copy", "induction", "phonebook")
 FAMILIES = {"selective-copy": ("mqa", "hawk", "griffin", "hawk-cg", "griffin-cg"),
             "induction": ("mqa", "hawk", "griffin", "hawk-cg", "griffin-cg"),
             "phonebook": ("mqa", "hawk", "griffin")}
+# Run only when asked for (--model): the Conv1D ablation (conv1d_temporal_width 1 instead of 4).
+ABLATIONS = ("hawk-noconv", "griffin-noconv")
+MODELS = ("mqa", "hawk", "griffin", "hawk-cg", "griffin-cg") + ABLATIONS
 # The chance accuracy of one answer token: 14 data symbols to copy, 15 symbols to recall, 10 digits.
 CHANCE = {"selective-copy": 1 / 14, "induction": 1 / 15, "phonebook": 1 / 10}
 APPENDIX_H = dict(width=64, depth=5, heads=2, lru_width=64, mlp=192)     # 250K-274K parameters at V = 16
@@ -91,13 +99,17 @@ def train_length(task, p):
 
 
 def model_config(family, model, task, p):
-    """Hawk / Griffin (window L/2) / MQA (global attention, RoPE); "-cg": the CG-LRU in every recurrent block."""
-    base = family.removesuffix("-cg")
+    """Hawk / Griffin (window L/2) / MQA (global attention, RoPE); "-cg": the CG-LRU in every recurrent block;
+    "-noconv": the recurrent blocks' Conv1D of temporal width 1 (a per-channel scale: no previous tokens)."""
+    if family not in MODELS:
+        raise ValueError(f"unknown model {family!r}; choose from {list(MODELS)}")
+    base = family.removesuffix("-cg").removesuffix("-noconv")
+    conv = {"conv1d_temporal_width": 1} if family.endswith("-noconv") else {}
     return GriffinConfig(vocab_size=len(PHONEBOOK_VOCAB) if task == "phonebook" else 16, width=model["width"],
                          mlp_expanded_width=model["mlp"], num_heads=model["heads"], lru_width=model["lru_width"],
                          block_types=block_pattern(base, model["depth"]),
                          attention_window_size=max(1, train_length(task, p) // 2),
-                         global_attention=base == "mqa", lru_only_real=not family.endswith("-cg"))
+                         global_attention=base == "mqa", lru_only_real=not family.endswith("-cg"), **conv)
 
 
 def task_batch(task, p, rng, rows, size=None):
@@ -202,17 +214,19 @@ def train_model(cfg, task, p, lr, *, seed, device, held_out, log):
     return params, curve, float(loss), tokens / (time.perf_counter() - start)
 
 
-def run_task(task, preset, out_dir, *, seed, device, log):
-    """Train and evaluate every model of one task; returns its results dict (written into the JSON)."""
+def run_task(task, preset, out_dir, *, seed, device, log, models=None, steps=None):
+    """Train and evaluate the task's models (default: FAMILIES[task]) for the preset's steps (or `steps`);
+    returns its results dict (written into the JSON)."""
     settings = PRESETS[preset]
-    p, model, L = settings[task], settings["model"], train_length(task, settings[task])
+    p = {**settings[task], **({"steps": steps} if steps else {})}
+    model, L, families = settings["model"], train_length(task, p), tuple(models or FAMILIES[task])
     eval_rng = np.random.default_rng([seed, 2, TASKS.index(task)])          # held out: not the training seed
     held_out = task_batch(task, p, eval_rng, p["eval_rows"], p["entries"][1] if task == "phonebook" else None)
     points = [(length, entries, task_batch(task, p, eval_rng, p["eval_rows"], size))
               for length, entries, size in sweep(task, p)]
-    log(f"{task}: {len(FAMILIES[task])} models x {p['steps']} steps of {p['batch']} rows, training length {L}")
-    start, models = time.perf_counter(), []
-    for family in FAMILIES[task]:
+    log(f"{task}: {len(families)} models x {p['steps']} steps of {p['batch']} rows, training length {L}")
+    start, trained = time.perf_counter(), []
+    for family in families:
         cfg = model_config(family, model, task, p)
         log(f"[{task}/{family}] {count_params(cfg):,} parameters, attention "
             + ("none" if ATTENTION not in cfg.block_types else "global" if cfg.global_attention
@@ -230,14 +244,14 @@ def run_task(task, preset, out_dir, *, seed, device, log):
         meta = {"step": p["steps"], "task": task, "preset": preset, "seed": seed, "model_config": config_to_dict(cfg),
                 "train_config": {"seq_len": L, "batch_size": p["batch"], "max_steps": p["steps"]}}
         save_checkpoint(run / "last.npz", params=params, adam_m={}, adam_v={}, meta=meta)
-        models.append({"label": family, "family": family, "params": count_params(cfg), "train_len": L,
+        trained.append({"label": family, "family": family, "params": count_params(cfg), "train_len": L,
                        "window": None if cfg.global_attention or ATTENTION not in cfg.block_types else cfg.window,
-                       "cg_lru": not cfg.lru_only_real, "final_loss": loss, "tokens_per_s": round(rate),
+                       "cg_lru": not cfg.lru_only_real, "conv1d_width": cfg.conv1d_temporal_width,
+                       "final_loss": loss, "tokens_per_s": round(rate),
                        "train_and_eval_s": round(time.perf_counter() - t0, 1), "curve": curve, "lengths": lengths})
     shortest = book_length(p, p["entries"][0]) if task == "phonebook" else L
     return {"task": task, "settings": p, "train_len": L, "train_lengths": [shortest, L], "chance": CHANCE[task],
-            "models": models,
-            "wall_time_s": round(time.perf_counter() - start, 1)}
+            "models": trained, "wall_time_s": round(time.perf_counter() - start, 1)}
 
 
 def report_json(report):
@@ -247,8 +261,10 @@ def report_json(report):
     return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
 
 
-def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", command="", log=print):
+def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", command="", log=print, models=None,
+                       steps=None):
     """Run the study's tasks; write per task a CSV and a figure, then copy-retrieval.md and copy-retrieval.json.
+    models: which to train on every task (default: each task's FAMILIES); steps: replaces the preset's.
     Returns the results dict (what the JSON holds)."""
     from minigriffin.copy_retrieval_report import plot_task, report_markdown, write_task_csv
     from minigriffin.provenance import machine_description, source_commit
@@ -259,12 +275,17 @@ def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", co
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if models is not None and (not models or [m for m in models if m not in MODELS]):
+        raise ValueError(f"unknown model(s) {[m for m in models if m not in MODELS]}; choose from {list(MODELS)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     device_namespace(device)                           # fail now, not after the first task, if it is unusable
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, results = time.perf_counter(), {}
     for task in dict.fromkeys(tasks):                  # in the order given, each once
-        results[task] = run_task(task, preset, out_dir, seed=seed, device=device, log=log)
+        results[task] = run_task(task, preset, out_dir, seed=seed, device=device, log=log,
+                                 models=models and tuple(dict.fromkeys(models)), steps=steps)
         write_task_csv(results[task], out_dir / f"copy-retrieval-{task}.csv")
         plot_task(results[task], preset, out_dir / f"copy-retrieval-{task}.png")
     report = {"study": "copy-retrieval", "preset": preset, "seed": seed, "command": command, "commit": source_commit(),

@@ -18,7 +18,8 @@ depends on where the claim is read:
 A claim holds ("yes") when the whole interval has the paper's sign, fails ("no") when the whole interval has
 the other sign, and is "not shown" when the interval covers 0. A claim of no difference ("about as fast")
 holds when the interval covers 0, which a small sample makes easy: read its width. CG-LRU rows have no claim
-in the paper (Appendix B reports only that complex recurrences did not help language modelling).
+in the paper (Appendix B reports only that complex recurrences did not help language modelling), nor do the
+Conv1D ablation's ("-noconv", run only when asked for).
 """
 
 import numpy as np
@@ -43,6 +44,10 @@ CLAIMS = [
                                                   "Griffin degrades past its window"),
     ("phonebook", "at L", ("hawk", "mqa"), +1, "the Transformer retrieves up to its training length; Hawk does not"),
     ("phonebook", "past L", ("mqa", "griffin"), +1, "past the Transformer's training length Griffin is better"),
+    # The Conv1D ablation (--model griffin-noconv): does retrieval need the Conv1D's view of the previous tokens?
+    ("phonebook", "window", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
+    ("phonebook", "at L", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
+    ("induction", "beyond", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
 ]
 
 

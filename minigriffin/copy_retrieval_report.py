@@ -17,9 +17,11 @@ import numpy as np
 from minigriffin.copy_retrieval_findings import findings_markdown
 from minigriffin.paired import bootstrap_interval
 
-# family -> (label, colour, line style): the CG-LRU variants dashed, in their family's colour
+# family -> (label, colour, line style): the CG-LRU variants dashed, the Conv1D ablations dotted, in their
+# family's colour
 STYLE = {"mqa": ("MQA Transformer", "C0", "-"), "hawk": ("Hawk", "C1", "-"), "griffin": ("Griffin", "C2", "-"),
-         "hawk-cg": ("Hawk (CG-LRU)", "C1", "--"), "griffin-cg": ("Griffin (CG-LRU)", "C2", "--")}
+         "hawk-cg": ("Hawk (CG-LRU)", "C1", "--"), "griffin-cg": ("Griffin (CG-LRU)", "C2", "--"),
+         "hawk-noconv": ("Hawk (no Conv1D)", "C1", ":"), "griffin-noconv": ("Griffin (no Conv1D)", "C2", ":")}
 TITLES = {"selective-copy": "Selective copying (Figure 6a)", "induction": "Induction heads (Figure 6b)",
           "phonebook": "Phonebook lookup (Figure 6c)"}
 CSV_COLUMNS = ["model", "sweep", "step", "length", "entries", "token_accuracy", "exact_match"]

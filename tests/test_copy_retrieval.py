@@ -87,6 +87,33 @@ def test_one_task_and_the_saved_models(tmp_path):
     assert cfg.vocab_size == 39 and meta["task"] == "phonebook"      # the phonebook's own vocabulary
 
 
+def test_models_and_steps_for_the_conv1d_ablation(tmp_path):
+    """--model picks the models (any task; -noconv: Conv1D width 1), --steps replaces the preset's; the held-out
+    rows depend on seed and task only, so a separate run's Griffin answers the same rows as this one's."""
+    from minigriffin.checkpoint import load_run
+    out = tmp_path / "ablation"
+    argv = ["experiment", "copy-retrieval", "--preset", "tiny", "--task", "phonebook", "--model", "griffin-noconv",
+            "--model", "griffin", "--steps", "3", "--out", str(out), "--seed", "4"]
+    assert main(argv) == 0
+    report = json.loads((out / "copy-retrieval.json").read_text())
+    result = report["tasks"]["phonebook"]
+    assert [m["family"] for m in result["models"]] == ["griffin-noconv", "griffin"]
+    assert [m["conv1d_width"] for m in result["models"]] == [1, 4]
+    assert result["settings"]["steps"] == 3 and [c["step"] for c in result["models"][0]["curve"]][-1] == 3
+    assert "--model griffin-noconv --model griffin --steps 3" in report["command"]
+    _, cfg, _ = load_run(out / "runs" / "phonebook" / "griffin-noconv", "last")
+    assert cfg.conv1d_temporal_width == 1
+    claims = {(r["first"], r["second"]) for r in report["findings"]}
+    assert claims == {("griffin-noconv", "griffin")}                 # only the pair this run holds
+    assert "Griffin (no Conv1D)" in (out / "copy-retrieval.md").read_text()
+    # the same seed, another run with Griffin alone: the same held-out rows, so the same answers
+    again = tmp_path / "griffin-alone"
+    assert main(["experiment", "copy-retrieval", "--preset", "tiny", "--task", "phonebook", "--model", "griffin",
+                 "--steps", "3", "--out", str(again), "--seed", "4"]) == 0
+    alone = json.loads((again / "copy-retrieval.json").read_text())["tasks"]["phonebook"]["models"][0]
+    assert alone["lengths"] == result["models"][1]["lengths"]                 # exactly equal: same rows, same training
+
+
 def _fails(argv, match):
     """The command refuses with exit status 2 and exactly one line on stderr containing `match`."""
     err = io.StringIO()
@@ -105,14 +132,18 @@ def _fails(argv, match):
     (["--data-dir", "books"], "apply to `experiment extrapolation` only"),
     (["--preset", "tiny", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
     (["--seed", "one"], "invalid int value: 'one'"),
+    (["--model", "rwkv"], "invalid choice: 'rwkv'"),
+    (["--preset", "tiny", "--steps", "0"], "steps must be an integer >= 1, got 0"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, argv, match):
     _fails(["experiment", "copy-retrieval", "--out", str(tmp_path / "out"), *argv], match)
     assert not (tmp_path / "out" / "copy-retrieval.json").exists()
 
 
-def test_task_is_refused_for_the_extrapolation_study(tmp_path):
-    _fails(["experiment", "extrapolation", "--task", "induction", "--out", str(tmp_path)], "--task applies to")
+def test_copy_retrieval_options_are_refused_for_the_extrapolation_study(tmp_path):
+    for extra in (["--task", "induction"], ["--model", "hawk"], ["--steps", "5"]):
+        _fails(["experiment", "extrapolation", *extra, "--out", str(tmp_path)],
+               "--task, --model and --steps apply to `experiment copy-retrieval` only")
 
 
 def test_gpu_device_without_a_gpu_is_one_line(tmp_path):
