@@ -4,13 +4,11 @@
 test_checkpoint.py.)
 """
 
-import contextlib
-import io
-import re
 
 import numpy as np
 import pytest
 
+from cli_checks import fails_in_one_line
 from minigriffin.cli import main
 
 
@@ -21,18 +19,6 @@ def books(tmp_path):
         (tmp_path / "books" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "books" / name).write_text(text)
     return tmp_path / "books"
-
-
-def _fails(argv, match):
-    """The command refuses with exit status 2 and exactly one line on stderr that matches `match`."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
-        main(argv)
-    lines = err.getvalue().splitlines()
-    assert info.value.code == 2, (info.value.code, lines)
-    assert len(lines) == 1, lines                                    # one line: no traceback, no usage block
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 def _train(books, run, *extra):
@@ -60,25 +46,25 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("extra, match", CONFIG_CASES)
 def test_config_and_cli_errors(books, tmp_path, extra, match):
-    _fails(_train(books, tmp_path / "run", *extra), match)
+    fails_in_one_line(_train(books, tmp_path / "run", *extra), match)
 
 
 def test_unknown_preset(books, tmp_path):
-    _fails(["train", "--preset", "griffin-huge", "--data-dir", str(books)], r"unknown preset 'griffin-huge'")
+    fails_in_one_line(["train", "--preset", "griffin-huge", "--data-dir", str(books)], r"unknown preset 'griffin-huge'")
 
 
 def test_data_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    _fails(_train(tmp_path / "empty", tmp_path / "r1"), r"empty")
+    fails_in_one_line(_train(tmp_path / "empty", tmp_path / "r1"), r"empty")
     (tmp_path / "notxt").mkdir()
     (tmp_path / "notxt" / "book.pdf").write_bytes(b"%PDF")
-    _fails(_train(tmp_path / "notxt", tmp_path / "r2"), r"no \.txt")
-    _fails(_train(tmp_path / "missing", tmp_path / "r3"), r"missing")
+    fails_in_one_line(_train(tmp_path / "notxt", tmp_path / "r2"), r"no \.txt")
+    fails_in_one_line(_train(tmp_path / "missing", tmp_path / "r3"), r"missing")
     bad = tmp_path / "latin1"
     bad.mkdir()
     (bad / "a.txt").write_text("fine text " * 100)
     (bad / "b.txt").write_bytes(b"caf\xe9 au lait " * 100)       # Latin-1, not UTF-8
-    _fails(_train(bad, tmp_path / "r4"), r"b\.txt.*(byte|offset) 3")
+    fails_in_one_line(_train(bad, tmp_path / "r4"), r"b\.txt.*(byte|offset) 3")
 
 
 def test_corpus_shorter_than_a_window(tmp_path):
@@ -86,25 +72,25 @@ def test_corpus_shorter_than_a_window(tmp_path):
     small.mkdir()
     (small / "a.txt").write_text("tiny")
     (small / "b.txt").write_text("books")
-    _fails(_train(small, tmp_path / "run"), r"shorter than")
+    fails_in_one_line(_train(small, tmp_path / "run"), r"shorter than")
 
 
 def test_run_folder_already_used(books, tmp_path):
     assert main(_train(books, tmp_path / "run")) == 0
-    _fails(_train(books, tmp_path / "run"), r"already holds a run; continue it with --resume")
+    fails_in_one_line(_train(books, tmp_path / "run"), r"already holds a run; continue it with --resume")
 
 
 def test_resume_problems(books, tmp_path):
-    _fails(["train", "--resume", str(tmp_path / "nowhere"), "--no-progress"], r"no checkpoint at")
+    fails_in_one_line(["train", "--resume", str(tmp_path / "nowhere"), "--no-progress"], r"no checkpoint at")
     assert main(_train(books, tmp_path / "run")) == 0
-    _fails(["train", "--resume", str(tmp_path / "run"), "--width=64"], r"only --max_steps may be changed")
+    fails_in_one_line(["train", "--resume", str(tmp_path / "run"), "--width=64"], r"only --max_steps may be changed")
     last = tmp_path / "run" / "checkpoints" / "last.npz"
     last.write_bytes(last.read_bytes()[:100])
-    _fails(["train", "--resume", str(tmp_path / "run")], r"corrupt or truncated")
+    fails_in_one_line(["train", "--resume", str(tmp_path / "run")], r"corrupt or truncated")
 
 
 def test_sample_and_plot_problems(books, tmp_path, capsys):
     assert main(_train(books, tmp_path / "run")) == 0
-    _fails(["sample", str(tmp_path / "run"), "--prompt", ""], r"--prompt must not be empty")
-    _fails(["plot", str(tmp_path / "nothing")], r"metrics.jsonl not found")
-    _fails(["sample", str(tmp_path / "run"), "--checkpoint", "middle"], r"invalid choice: 'middle'")
+    fails_in_one_line(["sample", str(tmp_path / "run"), "--prompt", ""], r"--prompt must not be empty")
+    fails_in_one_line(["plot", str(tmp_path / "nothing")], r"metrics.jsonl not found")
+    fails_in_one_line(["sample", str(tmp_path / "run"), "--checkpoint", "middle"], r"invalid choice: 'middle'")

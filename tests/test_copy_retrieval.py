@@ -1,14 +1,13 @@
 """The copy and retrieval study (Griffin section 6.2, Figure 6; minigriffin/copy_retrieval.py) end to end at the
 tiny preset through the command line, its bad arguments, and that a model learns induction heads at all."""
 
-import contextlib
 import csv
-import io
 import json
 
 import numpy as np
 import pytest
 
+from cli_checks import fails_in_one_line
 from minigriffin.cli import main
 from minigriffin.copy_retrieval import FAMILIES, PRESETS, TASKS, accuracy, model_config, task_batch, train_model
 
@@ -114,17 +113,6 @@ def test_models_and_steps_for_the_conv1d_ablation(tmp_path):
     assert alone["lengths"] == result["models"][1]["lengths"]                 # exactly equal: same rows, same training
 
 
-def _fails(argv, match):
-    """The command refuses with exit status 2 and exactly one line on stderr containing `match`."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
-        main(argv)
-    lines = err.getvalue().splitlines()
-    assert info.value.code == 2, (info.value.code, lines)
-    assert len(lines) == 1, lines                                    # one line: no traceback, no usage block
-    assert match in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("argv, match", [
     (["--task", "copying"], "invalid choice: 'copying'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
@@ -136,13 +124,13 @@ def _fails(argv, match):
     (["--preset", "tiny", "--steps", "0"], "steps must be an integer >= 1, got 0"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, argv, match):
-    _fails(["experiment", "copy-retrieval", "--out", str(tmp_path / "out"), *argv], match)
+    fails_in_one_line(["experiment", "copy-retrieval", "--out", str(tmp_path / "out"), *argv], match)
     assert not (tmp_path / "out" / "copy-retrieval.json").exists()
 
 
 def test_copy_retrieval_options_are_refused_for_the_extrapolation_study(tmp_path):
     for extra in (["--task", "induction"], ["--model", "hawk"], ["--steps", "5"]):
-        _fails(["experiment", "extrapolation", *extra, "--out", str(tmp_path)],
+        fails_in_one_line(["experiment", "extrapolation", *extra, "--out", str(tmp_path)],
                "--task, --model and --steps apply to `experiment copy-retrieval` only")
 
 
@@ -151,7 +139,7 @@ def test_gpu_device_without_a_gpu_is_one_line(tmp_path):
     try:
         device_namespace("gpu")
     except DeviceUnavailable:
-        _fails(["experiment", "copy-retrieval", "--preset", "tiny", "--device", "gpu", "--out", str(tmp_path)],
+        fails_in_one_line(["experiment", "copy-retrieval", "--preset", "tiny", "--device", "gpu", "--out", str(tmp_path)],
                "--device gpu is not usable here")
     else:
         pytest.skip("a GPU is usable here, so --device gpu is not an error")
