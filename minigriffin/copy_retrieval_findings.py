@@ -125,3 +125,29 @@ def findings_markdown(records, names):
         lines.append(f"| {r['task']} | {r['claim']} | {r['where']} | {b} {r['second_accuracy']:.2f} - {a} "
                      f"{r['first_accuracy']:.2f} = {describe(*r['difference'], unit='')} | {r['holds']} |")
     return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(reports, names):
+    """The verdicts of runs that differ only in their seed, side by side: per claim and point, each seed's
+    paired difference with its interval (each over that seed's own held-out rows and trained models), and
+    whether the seeds agree: every interval above 0, every one below, or every one covering 0 (for a claim,
+    the same verdict). reports: the runs' JSON dicts; names: family -> display name. A point missing from any
+    run is left out; the intervals are not pooled (the models differ between seeds, so rows of two seeds are
+    not pairs)."""
+    seeds = [r["seed"] for r in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs must have different seeds, got {seeds}")
+    keyed = [{(f["task"], f["claim"], f["where"], f["first"], f["second"]): f for f in r["findings"]} for r in reports]
+    lines = ["| task | the paper's claim | read at: second - first | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | seeds agree? |", "|---|---|---|" + "---|" * len(seeds) + "---|"]
+    for key in keyed[0]:
+        if not all(key in k for k in keyed[1:]):
+            continue
+        found = [k[key] for k in keyed]
+        task, claim, where, first, second = key
+        sides = {"above 0" if low > 0 else "below 0" if high < 0 else "covers 0"
+                 for _, low, high in (f["difference"] for f in found)}
+        cells = [f"{describe(*f['difference'], unit='')} ({f['holds']})" for f in found]
+        lines.append(f"| {task} | {claim} | {where}: {names.get(second, second)} - {names.get(first, first)} | "
+                     + " | ".join(cells) + f" | {'yes' if len(sides) == 1 else 'no'} |")
+    return "\n".join(lines) + "\n"

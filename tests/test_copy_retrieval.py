@@ -205,3 +205,22 @@ def test_verdicts_pair_the_same_rows():
     assert record["difference"][0] == pytest.approx(0.10, abs=1e-12) and record["holds"] == "not shown"
     # a family the report lacks leaves its claims out rather than failing
     assert copy_retrieval_findings(_report("induction", {"hawk": hawk})) == []
+
+
+def test_seeds_side_by_side():
+    """seeds_markdown: each seed's verdict, and whether the seeds agree (intervals on the same side of 0)."""
+    from minigriffin.copy_retrieval_findings import copy_retrieval_findings, seeds_markdown
+    hawk, mqa = [1] * 50 + [0] * 50, [1] * 40 + [0] * 60
+    runs = []
+    for seed, mqa_rows in ((0, mqa), (1, mqa), (2, [0] * 50 + [1] * 40 + [0] * 10)):
+        report = _report("induction", {"mqa": mqa_rows, "hawk": hawk}) | {"seed": seed}
+        runs.append(report | {"findings": copy_retrieval_findings(report)})
+    [row] = seeds_markdown(runs[:2], {"hawk": "Hawk", "mqa": "MQA"}).splitlines()[2:]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == cells[4] and cells[3].startswith("+0.100 [+") and cells[3].endswith("(yes)"), row
+    assert cells[5] == "yes", row                           # the same rows and models: the seeds agree
+    assert "length 16 = 2L: Hawk - MQA" in row
+    [row] = seeds_markdown(runs, {}).splitlines()[2:]
+    assert "(not shown) | no |" in row                     # seed 2's interval covers 0: the seeds disagree
+    with pytest.raises(ValueError, match="different seeds"):
+        seeds_markdown([runs[0], runs[0]], {})
