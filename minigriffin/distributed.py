@@ -11,9 +11,9 @@ Every rank holds the whole model and runs the same steps:
     clip, AdamW                    the same update on every rank, so the replicas stay equal
 
 So N ranks compute what one process computes on the whole batch, up to the order of the floating-point sums
-(tests/test_distributed.py: float64 within 1e-12 after 20 steps), and the data RNG, the only state that moves
-besides the parameters, is the same on every rank. Rank 0 alone writes: config.json, metrics.jsonl, the
-checkpoints, the log lines; it also evaluates. The other ranks only compute (follow).
+(tests/test_distributed.py: float64 within 1e-12 after 20 steps), and the data RNG is the same on every rank
+(with carry_windows > 1 so is the carried state: gathered after each window). Rank 0 alone writes:
+config.json, metrics.jsonl, the checkpoints, the log lines; it also evaluates. The others only compute.
 
 Start-up, on every rank: its code and its command line are checked against rank 0's (sha256 fingerprints
 broadcast from rank 0); rank 0 sets the run up (fresh, or --resume from its checkpoint) and broadcasts its
@@ -37,13 +37,16 @@ import sys
 import numpy as np
 
 from minigriffin.config import TrainConfig, config_from_dict, config_to_dict
-from minigriffin.distributed_comm import (FlatGradients, Ranks, agree, code_fingerprint, corpus_fingerprint,
-                                          fill_trees, flatten_trees, text_fingerprint)
+from minigriffin.distributed_comm import (FlatGradients, Ranks, agree, carry_layout, code_fingerprint,
+                                          corpus_fingerprint, fill_trees, flatten_trees, gather_state, share_carry,
+                                          text_fingerprint)
 from minigriffin.interrupt import StopRequest
 from minigriffin.optim import AdamWState, adamw_init
 from minigriffin.params import init_params
-from minigriffin.train import EXIT_INTERRUPTED, Trainer, run_and_report
-from minigriffin.tree import to_device
+from minigriffin.model import model_forward
+from minigriffin.state import state_rows
+from minigriffin.train import EXIT_INTERRUPTED, Trainer, loss_and_grads, run_and_report
+from minigriffin.tree import to_device, to_host
 
 EXIT_ERROR = 2
 #: what MPI launchers set in each process they start: the number of ranks (MPICH and Intel MPI, Open MPI,
@@ -105,17 +108,24 @@ class RankTrainer(Trainer):
 
     def gradients(self, batch, state=None):
         """This rank's rows of the global batch -> its weighted gradient -> Allreduce -> the batch's (loss, grads).
-        state is always None: carry_windows > 1 is refused over ranks (check_split)."""
+        state (carry_windows > 1): the whole batch's carried state; this rank starts its rows from theirs, and
+        the states after the window are gathered so every rank carries the whole batch's (gather_state)."""
         B, size = batch.tokens.shape[0], self.ranks.size
         rows = slice(self.ranks.rank * B // size, (self.ranks.rank + 1) * B // size)
         part = type(batch)(*(field[rows] for field in batch))                      # (B/N, T) arrays
         counted, total = (int(np.count_nonzero(b.mask)) for b in (part, batch))
         asked = self.stop is not None and self.stop.local.requested
+        part_state = None if state is None else state_rows(state, rows)
         if counted:
-            loss, grads = super().gradients(part)
+            loss, grads, *after = loss_and_grads(self.params, to_device(part, self.xp), self.model_cfg,
+                                                 workers=self.workers, state=part_state)
             self.flat.pack(grads, counted / total, loss, asked)
         else:                                           # every target of these rows is masked: adds nothing
             self.flat.pack(None, 0.0, 0.0, asked)
+            after = [] if state is None else [model_forward(self.params, *(self.xp.asarray(a) for a in (
+                part.tokens, part.segment_pos)), self.model_cfg, state=part_state)[1].state]
+        if state is not None:
+            self.windows.carry(gather_state(self.ranks, after[0], rows, B, f"step {self.step + 1}'s carried state"))
         self.ranks.allreduce(self.flat.buffer, f"step {self.step + 1}'s gradient Allreduce")
         loss, stop = self.flat.loss_and_stop()
         if stop and self.stop is not None:
@@ -136,9 +146,6 @@ def check_split(trainer, size):
         multiples = ", ".join(str(size * k) for k in range(1, 4))
         raise ValueError(f"batch_size={B} does not split evenly over {size} MPI ranks: use a multiple of {size} "
                          f"({multiples}, ...), or a number of ranks that divides {B}")
-    if trainer.train_cfg.carry_windows > 1:
-        raise ValueError("carry_windows > 1 is not supported over MPI ranks yet (the carried state would have to "
-                         "be gathered on rank 0 for each checkpoint); train it in one process")
 
 
 def limit_threads(local_size):
@@ -215,7 +222,11 @@ def setup(ranks, plan, make):
     if ranks.rank == 0:
         try:
             trainer = start_rank0(ranks, plan, make)
-            text = json.dumps(trainer.meta() | {"run_dir": str(trainer.run_dir)})
+            carry_meta, carry = trainer.windows.checkpoint_arrays(trainer.step)    # mid-group: the carried state
+            carry = None if carry is None else to_host(carry)
+            meta = trainer.meta() | carry_meta | {"run_dir": str(trainer.run_dir),
+                                                  "carry_layout": None if carry is None else carry_layout(carry)}
+            text = json.dumps(meta)
         except BaseException:                       # refused (printed by the command line): tell the others
             ranks.bcast_text(json.dumps({"error": True}), "rank 0's set-up")
             raise
@@ -235,6 +246,9 @@ def setup(ranks, plan, make):
         trainer.lock.release()                      # rank 0: the run folder is free for the next try
         raise
     share_state(ranks, trainer)
+    if meta["carry_layout"]:                        # resumed inside a group of carried windows
+        carry = share_carry(ranks, carry if ranks.rank == 0 else None, meta["carry_layout"], "the carried state")
+        trainer.windows.restore(meta, carry)
     return trainer.join(ranks)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigriffin.state import state_from_tree, state_to_tree
 from minigriffin.tree import tree_leaves, unflatten
 from minigriffin.xp import array_namespace, is_device_array
 
@@ -154,6 +155,57 @@ def fill_trees(flat, trees):
             n = int(leaf.size)
             leaf[...] = array_namespace(leaf).asarray(flat[offset:offset + n].reshape(leaf.shape))
             offset += n
+
+
+# ------------------------------------------------------------------------ the carried state (carry_windows > 1)
+def _state_leaves(tree):
+    """[(block index or None for the row documents, name, array)] of a state_to_tree tree, in a fixed order."""
+    return [(i, k, a) for i, b in enumerate(tree["blocks"]) for k, a in b.items()] + [(None, "doc", tree["doc"])]
+
+
+def gather_state(ranks, part, rows, batch_size, what):
+    """The whole batch's carried ModelState on every rank, from each rank's state of its own rows (rows: this
+    rank's slice of range(batch_size)): one Allreduce of a float64 buffer that is zero outside each rank's rows
+    (float32 states and int64 document ids pass through float64 exactly)."""
+    leaves = _state_leaves(state_to_tree(part))
+    xp = array_namespace(*(a for _, _, a in leaves))
+    per_row = [int(a.size // a.shape[0]) for _, _, a in leaves]
+    buffer = xp.zeros(batch_size * sum(per_row), dtype=np.float64)
+    full, offset = [], 0
+    for (_, _, a), n in zip(leaves, per_row):
+        view = buffer[offset:offset + batch_size * n].reshape((batch_size,) + a.shape[1:])   # (B, ...)
+        view[rows] = a
+        full.append(view)
+        offset += batch_size * n
+    ranks.allreduce(buffer, what)
+    tree = {"blocks": [{} for _ in part.blocks], "doc": None}
+    for (i, name, a), view in zip(leaves, full):
+        if i is None:
+            tree["doc"] = view.astype(a.dtype)
+        else:
+            tree["blocks"][i][name] = view.astype(a.dtype)
+    return state_from_tree(tree, part.num_tokens, xp)
+
+
+def carry_layout(tree):
+    """What the other ranks need to receive a state tree: [[block index or -1, name, shape, dtype], ...]."""
+    return [[-1 if i is None else i, k, list(a.shape), np.dtype(a.dtype).str] for i, k, a in _state_leaves(tree)]
+
+
+def share_carry(ranks, tree, layout, what):
+    """Rank 0's state tree (host arrays) into every rank, one Bcast per array; returns the tree on every rank.
+    layout: carry_layout(tree), which the other ranks got with rank 0's set-up."""
+    blocks = 1 + max((i for i, *_ in layout), default=-1)
+    out = {"blocks": [{} for _ in range(blocks)], "doc": None}
+    for i, name, shape, dtype in layout:
+        buffer = np.ascontiguousarray(tree["doc"] if i < 0 else tree["blocks"][i][name]) if ranks.rank == 0 \
+            else np.empty(shape, dtype=np.dtype(dtype))
+        ranks.bcast(buffer, what)
+        if i < 0:
+            out["doc"] = buffer
+        else:
+            out["blocks"][i][name] = buffer
+    return out
 
 
 # ------------------------------------------------------------------------------------- fingerprints

@@ -161,6 +161,41 @@ def test_ctrl_c_on_rank_0_stops_both_ranks_and_the_run_resumes_exactly(corpus_di
     _assert_close(straight, _state(tmp_path / "copy"), atol=1e-12, loss_rtol=1e-12)
 
 
+def test_carried_windows_over_ranks_match_one_process_and_resume_mid_group(corpus_dir, tmp_path):
+    """carry_windows=3 (minigriffin.carry): each rank starts its rows from their carried state and the states
+    after the window are gathered, so 2 ranks train the numbers of one process (float64 within 1e-12 after 20
+    steps). Killed after step 5's checkpoint (inside the group of steps 3-5, so it holds the carried state) and
+    resumed under 2 ranks: bit for bit the uninterrupted run; resumed in one process: within 1e-12."""
+    args = [*TINY, "--dtype=float64", "--carry_windows=3", "--data-dir", str(corpus_dir)]
+    one = _run([*TRAIN, *args, "--run-dir", str(tmp_path / "one")])
+    two = _run(_mpi(2, *args, "--run-dir", str(tmp_path / "two")))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stdout + two.stderr
+    straight = _state(tmp_path / "two")
+    _assert_close(_state(tmp_path / "one"), straight, atol=1e-12, loss_rtol=1e-12)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_mpi(2, *args, "--run-dir", str(killed)), env=_env(MINIGRIFFIN_PAUSE_AFTER_CHECKPOINT="60"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (killed / "checkpoints" / "last.npz").exists():
+            assert time.time() < deadline and proc.poll() is None, "the run never wrote its first checkpoint"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)                  # mpiexec and both ranks
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    meta = _state(killed)[1]
+    assert meta["step"] == 5 and meta["carry_group_start"] == 3, meta
+    shutil.copytree(killed, tmp_path / "copy")
+    resumed = _run(_mpi(2, "--resume", str(killed)))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for name, value in straight[0].items():
+        np.testing.assert_array_equal(value, _state(killed)[0][name], err_msg=name)
+    assert _run([*TRAIN, "--resume", str(tmp_path / "copy")]).returncode == 0
+    _assert_close(straight, _state(tmp_path / "copy"), atol=1e-12, loss_rtol=1e-12)
+
+
 def test_a_batch_the_ranks_cannot_share_is_refused(corpus_dir, tmp_path):
     result = _run(_mpi(2, *TINY, "--batch_size=3", "--data-dir", str(corpus_dir), "--run-dir", str(tmp_path / "r")))
     assert result.returncode == 2
