@@ -47,6 +47,7 @@ CLAIMS = [
     # The Conv1D ablation (--model griffin-noconv): does retrieval need the Conv1D's view of the previous tokens?
     ("phonebook", "window", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
     ("phonebook", "at L", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
+    ("phonebook", "past L", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
     ("induction", "beyond", ("griffin-noconv", "griffin"), None, "(none) Griffin's Conv1D (width 4 against 1)"),
 ]
 
