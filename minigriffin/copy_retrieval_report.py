@@ -10,11 +10,12 @@ Figures draw on an Agg canvas (no pyplot), as minigriffin.plots does.
 """
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 
-from minigriffin.copy_retrieval_findings import findings_markdown
+from minigriffin.copy_retrieval_findings import findings_markdown, seeds_markdown
 from minigriffin.paired import bootstrap_interval
 
 # family -> (label, colour, line style): the CG-LRU variants dashed, the Conv1D ablations dotted, in their
@@ -44,9 +45,11 @@ def write_task_csv(result, path):
     return Path(path)
 
 
-def _draw(ax, m, x, points, key):
-    """One model's curve, with its 95% bootstrap band over the held-out rows (minigriffin.paired)."""
-    label, colour, style = STYLE.get(m["family"], (m["label"], "C7", "-"))
+def _draw(ax, m, x, points, key, label=None, colour=None):
+    """One model's curve, with its 95% bootstrap band over the held-out rows (minigriffin.paired); label and
+    colour: instead of the family's."""
+    own_label, own_colour, style = STYLE.get(m["family"], (m["label"], "C7", "-"))
+    label, colour = label or own_label, colour or own_colour
     ax.plot(x, [p[key] for p in points], style, color=colour, marker="o", ms=3, label=label)
     rows = "row_exact" if key == "exact_match" else "row_token"
     bands = np.array([bootstrap_interval(p[rows])[1:] for p in points])            # (points, 2)
@@ -172,3 +175,59 @@ def report_markdown(report):
                 findings_markdown(report["findings"], {f: style[0] for f, style in STYLE.items()})]
     return "\n".join(head) + "\n" + "\n".join(task_markdown(r) for r in report["tasks"].values()) + "\n" + \
         "\n".join(verdicts)
+
+
+def plot_seeds(reports, path):
+    """Runs that differ only in their seed, one panel per task and model: induction and phonebook accuracy
+    against evaluation length, selective copying's per-token accuracy during training; one line per seed with
+    its 95% bootstrap band over that seed's held-out rows. Returns the PNG path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    tasks = [t for t in TITLES if all(t in r["tasks"] for r in reports)]
+    families = [[m["family"] for m in reports[0]["tasks"][t]["models"]] for t in tasks]
+    fig = Figure(figsize=(2.9 * max(map(len, families)), 2.6 * len(tasks)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(tasks), max(map(len, families)), squeeze=False)
+    for row, (task, names) in enumerate(zip(tasks, families)):
+        for col, family in enumerate(names):
+            ax = axes[row][col]
+            for k, report in enumerate(reports):
+                result = report["tasks"][task]
+                m = next(m for m in result["models"] if m["family"] == family)
+                along, key = ("curve", "token_accuracy") if task == "selective-copy" else ("lengths", "exact_match")
+                x = [p["step" if along == "curve" else "length"] for p in m[along]]
+                _draw(ax, m, x, m[along], key, label=f"seed {report['seed']}", colour=f"C{k}")
+            if task != "selective-copy":
+                ax.axvline(result["train_len"], color="gray", ls="--", lw=1)
+            if task == "induction":
+                ax.set_xscale("log", base=2)
+            ax.set_title(f"{task}: {STYLE.get(family, (family,))[0]}", fontsize=8)
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for col in range(len(names), axes.shape[1]):
+            axes[row][col].set_visible(False)
+        axes[row][0].set_ylabel("per-token accuracy" if task == "selective-copy" else "exact match", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Copy and retrieval, laptop preset, one line per seed (dashed: training length)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return Path(path)
+
+
+def seeds_report(json_paths, out_dir):
+    """copy-retrieval-seeds.md (each seed's verdicts side by side, copy_retrieval_findings.seeds_markdown) and
+    copy-retrieval-seeds.png (plot_seeds) in out_dir, from the JSON files of runs that differ only in their
+    seed. Returns the two paths."""
+    reports = [json.loads(Path(p).read_text()) for p in json_paths]
+    if len({(r["preset"], r["model"]["width"], r["lr"]) for r in reports}) != 1:
+        raise ValueError("the runs differ in more than their seed (preset, model or learning rate)")
+    out_dir = Path(out_dir)
+    runs = [f"- seed {r['seed']}: `{Path(p).name}`, commit {r['commit']}, {r['wall_time_s'] / 60:.1f} min"
+            for p, r in zip(json_paths, reports)]
+    text = ["# Copy and retrieval: the verdicts of each seed", "", *runs, "",
+            "Each seed's paired difference (second - first) with its 95% bootstrap interval over that seed's "
+            "held-out rows, and whether every seed's interval falls on the same side of 0.", "",
+            seeds_markdown(reports, {f: style[0] for f, style in STYLE.items()})]
+    (out_dir / "copy-retrieval-seeds.md").write_text("\n".join(text))
+    return out_dir / "copy-retrieval-seeds.md", plot_seeds(reports, out_dir / "copy-retrieval-seeds.png")

@@ -207,6 +207,23 @@ def test_verdicts_pair_the_same_rows():
     assert copy_retrieval_findings(_report("induction", {"hawk": hawk})) == []
 
 
+def test_seeds_report_from_two_runs(tmp_path):
+    """seeds_report: the verdict table and the figure from the JSON files of two seeds' runs."""
+    from minigriffin.copy_retrieval_report import seeds_report
+    paths = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        assert main(["experiment", "copy-retrieval", "--preset", "tiny", "--task", "induction", "--model", "mqa",
+                     "--model", "hawk", "--out", str(out), "--seed", str(seed)]) == 0
+        paths.append(out / "copy-retrieval.json")
+    table, figure = seeds_report(paths, tmp_path)
+    text = table.read_text()
+    assert "| seed 0 | seed 1 | seeds agree? |" in text and "- seed 1: `copy-retrieval.json`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| induction |")]
+    assert len(rows) == 1 and rows[0].endswith(("| yes |", "| no |")), rows   # tiny: 2L is the longest length
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_seeds_side_by_side():
     """seeds_markdown: each seed's verdict, and whether the seeds agree (intervals on the same side of 0)."""
     from minigriffin.copy_retrieval_findings import copy_retrieval_findings, seeds_markdown
