@@ -10,7 +10,16 @@ Notation used in shape comments throughout the package (also in docs/conventions
 
 Importing the package does no work: backends (Numba, CuPy) load lazily on first use. It registers the
 accelerators of minigriffin/fast/ with the reference functions they stand for (minigriffin/accelerate.py).
+
+It also sets OMP_WAIT_POLICY=PASSIVE unless the environment already sets it: Numba's OpenMP threads otherwise
+spin after every parallel region, taking the cores from OpenBLAS's threads in the matmul that follows. On a
+batch of one 8,192-token row that made a Griffin training step 2.7x and an MQA step 2.2x slower on two
+cores; batches of 8 are unaffected (docs/benchmarks.md, "Spinning OpenMP threads").
 """
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when the OpenMP runtime loads: before any Numba
 
 from minigriffin.scan import (
     BackendUnavailable,

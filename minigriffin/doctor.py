@@ -5,6 +5,7 @@ reason it cannot run here, and whether CuPy imports and sees a GPU. Exit status 
 """
 
 import importlib.metadata
+import os
 import platform
 import sys
 
@@ -36,7 +37,8 @@ def doctor():
         linear_scan(np.zeros((1, 2, 1)), np.zeros((1, 2, 1)), backend="numba")
         print(f"numba threads {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS} "
               f"(set NUMBA_NUM_THREADS to change)")
-        print(f"numba layer   {numba.threading_layer()} (set NUMBA_THREADING_LAYER to change)")
+        print(f"numba layer   {numba.threading_layer()} (set NUMBA_THREADING_LAYER to change); "
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     except Exception as exc:  # report, never hide: doctor exists to show what is broken
         ok = False
         print(f"numba         NOT USABLE: {type(exc).__name__}: {exc}")

@@ -248,3 +248,17 @@ def test_every_module_is_at_most_300_lines():
     long = {str(path.relative_to(PACKAGE_ROOT)): n for path in sorted(PACKAGE_ROOT.rglob("*.py"))
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along a natural seam): {long}"
+
+
+def test_import_sets_a_passive_openmp_wait_policy_unless_the_user_set_one():
+    """minigriffin/__init__.py: Numba's spinning OpenMP threads starve OpenBLAS's (docs/benchmarks.md), so the
+    package defaults OMP_WAIT_POLICY to PASSIVE before any OpenMP runtime loads, and keeps a value already set."""
+    import os
+    import subprocess
+    import sys
+    show = "import minigriffin, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else dict(env, OMP_WAIT_POLICY=given)
+        out = subprocess.run([sys.executable, "-c", show], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (given, out.stdout, out.stderr)
