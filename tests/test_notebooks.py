@@ -262,6 +262,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PATH = re.compile(r"(?<![\w.$/])/(?:[\w.\-]+/)*[\w.\-]+/?")                  # absolute paths, not "tok/s" or "1/2"
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 _COMMIT = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?:[-+]dirty)?\b")
+# after the word "commit" also a hash of digits only (or letters only), which the pattern above leaves alone
+# because it would take numbers for hashes: 4806419 is a real abbreviated commit
+_COMMIT_AFTER_WORD = re.compile(r"(\bcommit\s+)[0-9a-f]{7,40}(?:[-+]dirty)?\b", re.IGNORECASE)
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
 _TIME = re.compile(rf"(?:{_NUMBER})\s*(?:ms|µs|us|ns|s|sec|seconds?|min|minutes?|hours?|"
                    rf"(?:tok|tokens|bytes|steps|it)/s|[kMG]B/s|[kMG]iB/s)(?![\w/])")
@@ -273,6 +276,7 @@ def normalise(text):
     text = _ANSI.sub("", text)
     text = _PATH.sub("<path>", text)
     text = _ADDRESS.sub("0x?", text)
+    text = _COMMIT_AFTER_WORD.sub(r"\1<commit>", text)
     text = _COMMIT.sub("<commit>", text)
     text = _TIME.sub("<time>", text)
     return "\n".join(re.sub(r"[ \t]+", " ", line).rstrip() for line in text.strip().splitlines())
@@ -406,6 +410,8 @@ def test_normalise_and_tolerance():
         "checkpoints in <path>; ../docs/results stays"
     assert normalise("commit 2ea72a3, <Figure at 0x7f3a2b1c4d50>, 1/(1-a_t), nats/byte, 3 steps") == \
         "commit <commit>, <Figure at 0x?>, 1/(1-a_t), nats/byte, 3 steps"
+    assert normalise("seed 0, commit 4806419, 10 documents; Commit deadbee+dirty; 1234567 tokens") == \
+        "seed 0, commit <commit>, 10 documents; Commit <commit>; 1234567 tokens"   # a number stays a number
     assert texts_match("loss 1.9325 and 80 documents", "loss 1.9331 and 80 documents") is None
     assert texts_match("error 3.4e-09", "error 7.1e-11") is None                  # both rounding errors
     assert texts_match("+0.003 [-0.001, +0.007]", "+0.004 [-0.000, +0.007]") is None   # one unit of the last digit
