@@ -66,16 +66,9 @@ def worker_steps(args):
     if ranks is not None:
         trainer.join(ranks)
 
-    def steps(n):
-        for _ in range(n):
-            trainer.train_step(trainer.windows.next(trainer.step, trainer.data_rng)[0])
-
-    steps(2)
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        steps(args.steps)
-        best = min(best, (time.perf_counter() - start) / args.steps)
+    from bench_train import best_seconds_per_step           # this folder is sys.path[0] when run as a script
+    best = best_seconds_per_step(lambda: trainer.train_step(trainer.windows.next(trainer.step, trainer.data_rng)[0]),
+                                 args.steps, args.repeats)
     if ranks is None or ranks.rank == 0:
         print(json.dumps({"s_per_step": best, "tokens_per_s": args.batch * args.seq / best}), flush=True)
 

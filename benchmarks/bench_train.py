@@ -17,6 +17,19 @@ import time
 import numpy as np
 
 
+def best_seconds_per_step(step, steps, repeats, warmup=2):
+    """Wall seconds per call of step(): the best of `repeats` windows of `steps` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
 def main(argv=None):
     from minigriffin.data import default_cache_dir
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,16 +61,9 @@ def main(argv=None):
         trainer.opt_state = adamw_init(trainer.params)
         trainer.data_rng = np.random.default_rng(1)
 
-        def steps(n):
-            for _ in range(n):
-                trainer.train_step(sample_batch(corpus.train, args.batch, args.seq, trainer.data_rng))
-
-        steps(2)
-        best = float("inf")
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            steps(args.steps)
-            best = min(best, (time.perf_counter() - start) / args.steps)
+        best = best_seconds_per_step(
+            lambda: trainer.train_step(sample_batch(corpus.train, args.batch, args.seq, trainer.data_rng)),
+            args.steps, args.repeats)
         tokens = args.batch * args.seq
         print(f"| {name} | {count_params(cfg):,} | {tokens / best:,.0f} | {best:.2f} | {1000 * best / 60:.0f} min |",
               flush=True)
