@@ -255,10 +255,11 @@ def run_task(task, preset, out_dir, *, seed, device, log, models=None, steps=Non
 
 
 def report_json(report):
-    """The report as indented JSON with every list of numbers on one line (the per-row results of every
-    point would otherwise take a line per number)."""
+    """The report as indented JSON with every list of numbers on one line and no spaces in it (the per-row
+    results of every point would otherwise take a line per number; without the spaces a laptop run's file is
+    about 265 KB instead of 325)."""
     text = json.dumps(report, indent=2)
-    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text) + "\n"
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text) + "\n"
 
 
 def run_copy_retrieval(preset, out_dir, *, tasks=TASKS, seed=0, device="cpu", command="", log=print, models=None,
