@@ -207,6 +207,15 @@ def test_verdicts_pair_the_same_rows():
     assert copy_retrieval_findings(_report("induction", {"hawk": hawk})) == []
 
 
+def test_the_command_line_offers_every_model_and_task():
+    """cli_parser lists --model and --task choices literally (it imports no study); they must be the study's."""
+    from minigriffin.cli_parser import build_parser
+    from minigriffin.copy_retrieval import MODELS
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["experiment"]
+    choices = {a.dest: a.choices for a in sub._actions}
+    assert tuple(choices["model"]) == MODELS and tuple(choices["task"]) == TASKS
+
+
 def test_seeds_report_from_two_runs(tmp_path):
     """seeds_report: the verdict table and the figure from the JSON files of two seeds' runs."""
     from minigriffin.copy_retrieval_report import seeds_report
